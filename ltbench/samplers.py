@@ -1,0 +1,331 @@
+"""Epoch samplers for long-tailed training (SPEC §5).
+
+Every sampler draws a whole epoch at once as a deterministic function of ``(seed, epoch)``:
+a CPU ``torch.Generator`` is seeded from both, so every rank and every device computes the same
+*global* draw, vectorised (no Python loop over samples).
+
+Sharding (SPEC §5, DDP): rank ``r`` of ``world_size`` takes ``global[r::world_size]``. The shards
+of all ranks, interleaved, are exactly the single-process draw. No padding is added (unlike
+``torch.utils.data.DistributedSampler``), so when ``num_samples % world_size != 0`` the first
+``num_samples % world_size`` ranks get one sample more; pick a divisible ``num_samples`` (or drop
+the last partial batch) if equal per-rank step counts are needed.
+
+Class-level samplers (``class_balanced``, ``square_root``, ``progressive``, ``reversed``) draw a
+class ``c`` with probability ``P_c`` (``torch.multinomial``, with replacement), then a sample of
+that class uniformly with replacement, via a sorted-by-class index array and class offsets.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .registry import Registry
+
+__all__ = [
+    "SAMPLERS",
+    "build_sampler",
+    "LTSampler",
+    "InstanceSampler",
+    "ClassLevelSampler",
+    "ClassBalancedSampler",
+    "SquareRootSampler",
+    "ProgressiveSampler",
+    "ReversedSampler",
+]
+
+SAMPLERS: Registry["LTSampler"] = Registry("sampler", "sampler")
+
+LabelsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
+DeviceLike = Union[str, torch.device, None]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64 finaliser: a well-mixed 64-bit hash, so (seed, epoch) pairs do not collide
+    the way ``seed * K + epoch`` does (e.g. (0, K) vs (1, 0))."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ (epoch & _MASK64))
+
+
+def _check_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
+    # bool is an int subclass; reject it so `num_samples=True` is not silently 1.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
+    return value
+
+
+def _as_labels(labels: LabelsLike) -> torch.Tensor:
+    """Labels as a 1-D int64 CPU tensor (list, numpy array or tensor of non-negative ints)."""
+    if isinstance(labels, torch.Tensor):
+        t = labels.detach().cpu()
+    else:
+        arr = np.asarray(labels)
+        if arr.dtype == object:
+            raise ValueError("labels must be integers, got an array of dtype object")
+        t = torch.from_numpy(arr.copy()) if arr.size else torch.empty(0, dtype=torch.int64)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"labels must be integers, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError("labels is empty; a sampler needs at least one sample")
+    t = t.to(torch.int64)
+    lo = int(t.min())
+    if lo < 0:
+        raise ValueError(f"labels must be >= 0, got a label {lo}")
+    return t
+
+
+class LTSampler(Sampler[int]):
+    """Base class: one epoch is a global draw of ``num_samples`` dataset indices (SPEC §5).
+
+    Subclasses implement :meth:`_draw` (the global draw from a seeded CPU generator) and
+    :meth:`class_probabilities` (``P_c`` of SPEC §5).
+    """
+
+    name: str = ""
+
+    def __init__(
+        self,
+        labels: LabelsLike,
+        *,
+        seed: int = 0,
+        num_samples: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.labels = _as_labels(labels)
+        self.seed = _check_int("seed", seed)
+        n = self.labels.numel()
+        self.num_samples = n if num_samples is None else _check_int("num_samples", num_samples, 1)
+        self.world_size = _check_int("world_size", world_size, 1)
+        self.rank = _check_int("rank", rank)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"rank must be in [0, world_size) = [0, {self.world_size}), got rank={self.rank}"
+            )
+        max_label = int(self.labels.max())
+        if num_classes is None:
+            self.num_classes = max_label + 1
+        else:
+            self.num_classes = _check_int("num_classes", num_classes, 1)
+            if max_label >= self.num_classes:
+                raise ValueError(
+                    f"num_classes={self.num_classes} but labels contain class {max_label}; "
+                    f"num_classes must be > every label"
+                )
+        self.class_counts = torch.bincount(self.labels, minlength=self.num_classes)  # n_c
+        self.epoch = 0
+        self._cache: Optional[tuple[int, torch.Tensor]] = None  # (epoch, global draw)
+
+    # -- epoch handling -------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draw ``__iter__``/``indices()`` return (as DistributedSampler)."""
+        self.epoch = _check_int("epoch", epoch, 0)
+
+    def _resolve_epoch(self, epoch: Optional[int]) -> int:
+        return self.epoch if epoch is None else _check_int("epoch", epoch, 0)
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        # CPU generator so the draw is bit-identical whatever device the engine uses.
+        return torch.Generator(device="cpu").manual_seed(_epoch_seed(self.seed, epoch))
+
+    # -- draws ----------------------------------------------------------------------------
+    def _draw(self, gen: torch.Generator, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        """``P_c`` (float64, sums to 1) for ``epoch`` (default: the current epoch), SPEC §5."""
+        raise NotImplementedError
+
+    def _global(self, epoch: Optional[int]) -> torch.Tensor:
+        # One-epoch cache: __len__/__iter__/indices() of the same epoch reuse one draw.
+        epoch = self._resolve_epoch(epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self._draw(self._generator(epoch), epoch))
+        return self._cache[1]
+
+    def global_indices(self, epoch: Optional[int] = None) -> torch.Tensor:
+        """The full single-process draw for ``epoch`` (default: the current epoch), an int64
+        CPU tensor of ``num_samples`` dataset indices (a copy; callers may modify it)."""
+        return self._global(epoch).clone()
+
+    def indices(self, epoch: Optional[int] = None, device: DeviceLike = None) -> torch.Tensor:
+        """This rank's shard ``global[rank::world_size]`` of ``epoch`` (default: the current
+        epoch) as an int64 tensor on ``device`` (default CPU)."""
+        shard = self._global(epoch)[self.rank :: self.world_size]
+        return shard.to(device, copy=True) if device is not None else shard.clone()
+
+    def __len__(self) -> int:
+        # len(range(rank, num_samples, world_size)) without building it.
+        return max(0, -(-(self.num_samples - self.rank) // self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, num_classes={self.num_classes}, "
+            f"seed={self.seed}, rank={self.rank}, world_size={self.world_size}, epoch={self.epoch})"
+        )
+
+
+@SAMPLERS.register("instance")
+class InstanceSampler(LTSampler):
+    """Instance-balanced sampling: a random permutation, each sample once per epoch (SPEC §5).
+
+    ``P_c = n_c / N``. If ``num_samples`` exceeds ``len(labels)``, independent permutations are
+    concatenated (then truncated), so each sample appears once per full pass.
+    """
+
+    name = "instance"
+
+    def _draw(self, gen: torch.Generator, epoch: int) -> torch.Tensor:
+        n = self.labels.numel()
+        passes = -(-self.num_samples // n)  # loop over passes, not samples
+        perm = torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])
+        return perm[: self.num_samples]
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        self._resolve_epoch(epoch)
+        counts = self.class_counts.to(torch.float64)
+        return counts / counts.sum()
+
+
+class ClassLevelSampler(LTSampler):
+    """Class first (``torch.multinomial`` with ``P_c``), then a uniform sample of that class
+    with replacement (SPEC §5). With ``k > 1`` each drawn class yields ``k`` consecutive
+    samples: ``global[j*k:(j+1)*k]`` share a class (the last block may be truncated).
+
+    Every class in ``range(num_classes)`` must have at least one sample: a declared class is
+    one the sampler is meant to draw, and it has nothing to draw from.
+    """
+
+    def __init__(self, labels: LabelsLike, *, k: int = 1, **kwargs: Any) -> None:
+        super().__init__(labels, **kwargs)
+        self.k = _check_int("k", k, 1)
+        empty = torch.nonzero(self.class_counts == 0).flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"sampler {self.name!r} needs at least one sample in every class of "
+                f"num_classes={self.num_classes}, but class {empty[0]} has 0 samples "
+                f"(empty classes: {empty[:10]}{'...' if len(empty) > 10 else ''})"
+            )
+        # Index table: indices sorted by class; class c occupies [offsets[c], offsets[c] + n_c).
+        self._by_class = torch.argsort(self.labels, stable=True)
+        self._offsets = torch.cumsum(self.class_counts, 0) - self.class_counts
+
+    def _draw(self, gen: torch.Generator, epoch: int) -> torch.Tensor:
+        probs = self.class_probabilities(epoch)
+        n_blocks = -(-self.num_samples // self.k)
+        classes = torch.multinomial(probs, n_blocks, replacement=True, generator=gen)
+        classes = classes.repeat_interleave(self.k)[: self.num_samples]
+        n_c = self.class_counts[classes]
+        # float64 uniforms: float32 * n_c could round up to n_c for very large classes.
+        u = torch.rand(self.num_samples, generator=gen, dtype=torch.float64)
+        within = torch.minimum((u * n_c).floor().to(torch.int64), n_c - 1)
+        return self._by_class[self._offsets[classes] + within]
+
+
+@SAMPLERS.register("class_balanced")
+class ClassBalancedSampler(ClassLevelSampler):
+    """Class-aware sampling, ``P_c = 1 / C``; option ``k`` consecutive samples per drawn class
+    (Decoupling uses 4), SPEC §5."""
+
+    name = "class_balanced"
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        self._resolve_epoch(epoch)
+        return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64)
+
+
+@SAMPLERS.register("square_root")
+class SquareRootSampler(ClassLevelSampler):
+    """Square-root sampling, ``P_c ∝ n_c ** 0.5`` (SPEC §5)."""
+
+    name = "square_root"
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        self._resolve_epoch(epoch)
+        w = self.class_counts.to(torch.float64).sqrt()
+        return w / w.sum()
+
+
+@SAMPLERS.register("progressive")
+class ProgressiveSampler(ClassLevelSampler):
+    """Progressively-balanced sampling (SPEC §5):
+    ``P_c(t) = (1 - t/T) * n_c / N + (t/T) / C`` with ``t`` the 0-based epoch and
+    ``T = total_epochs``. ``t = 0`` is instance-balanced, ``t = T`` class-balanced; epochs past
+    ``T`` stay class-balanced (``t/T`` is clamped to 1).
+    """
+
+    name = "progressive"
+
+    def __init__(
+        self, labels: LabelsLike, *, total_epochs: Optional[int] = None, **kwargs: Any
+    ) -> None:
+        if total_epochs is None:
+            raise ValueError(
+                "sampler 'progressive' requires total_epochs (T in P_c(t) of SPEC §5), "
+                "an int >= 1; got total_epochs=None"
+            )
+        self.total_epochs = _check_int("total_epochs", total_epochs, 1)
+        super().__init__(labels, **kwargs)
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        t = self._resolve_epoch(epoch)
+        alpha = min(t / self.total_epochs, 1.0)
+        counts = self.class_counts.to(torch.float64)
+        probs = (1.0 - alpha) * counts / counts.sum() + alpha / self.num_classes
+        return probs / probs.sum()  # renormalise away rounding
+
+
+@SAMPLERS.register("reversed")
+class ReversedSampler(ClassLevelSampler):
+    """BBN reversed sampling: ``w_c = n_max / n_c``, ``P_c = w_c / sum w`` (SPEC §5, §7)."""
+
+    name = "reversed"
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        self._resolve_epoch(epoch)
+        counts = self.class_counts.to(torch.float64)
+        w = counts.max() / counts
+        return w / w.sum()
+
+
+def build_sampler(name: str, labels: LabelsLike, seed: int = 0, **options: Any) -> LTSampler:
+    """Build sampler ``name`` (one of ``SAMPLERS.names()``) over ``labels`` (SPEC §5).
+
+    Common options: ``num_samples`` (default ``len(labels)``), ``rank=0``, ``world_size=1``,
+    ``num_classes`` (default ``max(labels) + 1``). ``class_balanced`` (and the other
+    class-level samplers) take ``k=1``; ``progressive`` requires ``total_epochs``.
+    """
+    cls = SAMPLERS.get(name)
+    valid: set[str] = set()
+    for klass in inspect.getmro(cls):
+        if "__init__" in vars(klass) and issubclass(klass, LTSampler):
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+            valid |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(
+            f"sampler {name!r} got unknown option(s) {unknown}; valid options: "
+            f"{', '.join(sorted(valid - {'seed'}))}"
+        )
+    return cls(labels, seed=seed, **options)
