@@ -36,6 +36,7 @@ from .schedules import learning_rate
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+EXTRAS_FILE = "extras.json"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -127,6 +128,7 @@ class TrainResult:
     train_seconds: float
     device: str
     meta: Dict[str, Any] = field(default_factory=dict)
+    extras: Dict[str, Any] = field(default_factory=dict)  # per-method records, e.g. loss statistics per epoch
 
     @property
     def top1_last(self) -> float:
@@ -158,6 +160,8 @@ class TrainResult:
         keys = list(self.history[0].keys()) if self.history else ["epoch"]
         lines = [",".join(keys)] + [",".join("" if h.get(k) is None else f"{h[k]:.6g}" for k in keys) for h in self.history]
         atomic_write_text(out / "curves.csv", "\n".join(lines) + "\n")
+        if self.extras:
+            atomic_write_json(out / EXTRAS_FILE, self.extras)
         return atomic_write_json(out / METRICS_FILE, self.to_metrics())
 
     @classmethod
@@ -172,8 +176,10 @@ class TrainResult:
             for line in lines[1:]:
                 history.append({k: (float(v) if v != "" else None) for k, v in zip(keys, line.split(","))})
         meta = {k: m[k] for k in ("notebook", "paper", "table", "method", "published_method", "profile") if k in m}
+        extras_file = Path(out_dir) / EXTRAS_FILE
+        extras = json.loads(extras_file.read_text()) if extras_file.exists() else {}
         return cls(m["config"], m["counts"], m["classes"], last, m["top1_best"], m["best_epoch"], history,
-                   m["train_seconds"], m["device"], meta)
+                   m["train_seconds"], m["device"], meta, extras)
 
 
 class Trainer:
@@ -206,6 +212,7 @@ class Trainer:
         self.best_top1, self.best_epoch = -1.0, -1
         self.last_eval: Optional[EvalResult] = None
         self.train_seconds = 0.0
+        self.extras: Dict[str, Any] = {}
 
     # -- construction hooks -------------------------------------------------------------------
     def build_loss(self) -> nn.Module:
@@ -285,6 +292,13 @@ class Trainer:
         """Logits for evaluation (BBN overrides this with its inference rule)."""
         return self.forward(x)
 
+    def on_epoch_end(self, epoch: int, row: Dict[str, Any]) -> None:
+        """Record per-epoch extras (one host sync per epoch at most): stateful losses' statistics."""
+        stats = self.loss_fn.statistics() if getattr(self.loss_fn, "stateful", False) else {}
+        if stats:
+            rec = self.extras.setdefault("loss_statistics", [])
+            rec.append({"epoch": epoch + 1, **{k: v.detach().float().cpu().tolist() for k, v in stats.items()}})
+
     # -- loop ---------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batch_size: int = 1000) -> EvalResult:
@@ -335,6 +349,7 @@ class Trainer:
                 row["test_top1"] = ev.top1
                 if ev.top1 > self.best_top1:
                     self.best_top1, self.best_epoch = ev.top1, epoch + 1
+            self.on_epoch_end(epoch, row)
             self.history.append(row)
             self.start_epoch = epoch + 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=row["test_top1"] and f"{row['test_top1']:.1f}")
@@ -343,7 +358,8 @@ class Trainer:
         if self.last_eval is None:
             self.last_eval = self.evaluate()
         return TrainResult(cfg.to_dict(), self.counts, list(self.data.classes), self.last_eval, self.best_top1,
-                           self.best_epoch, self.history, self.train_seconds, device_name(self.device))
+                           self.best_epoch, self.history, self.train_seconds, device_name(self.device),
+                           extras=self.extras)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -351,7 +367,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(), "history": self.history,
                 "best": (self.best_top1, self.best_epoch), "train_seconds": self.train_seconds,
                 "last_eval": None if self.last_eval is None else self.last_eval.__dict__,
-                "num_classes": self.num_classes, "counts": self.counts}
+                "num_classes": self.num_classes, "counts": self.counts, "extras": self.extras}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         atomic_torch_save(path, self.state_dict())
@@ -370,6 +386,7 @@ class Trainer:
         self.train_seconds = state["train_seconds"]
         self.last_eval = EvalResult(**state["last_eval"]) if state["last_eval"] else None
         self.start_epoch = state["epoch"]
+        self.extras = state.get("extras", {})
 
 
 def train(

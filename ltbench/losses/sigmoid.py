@@ -1,0 +1,79 @@
+"""Sigmoid losses over C independent binary problems: sigmoid_ce, sigmoid_focal (SPEC §4).
+
+Shared pieces (``signed_logits``, ``focal_terms``) are reused by the CB, EQL and EFL losses.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._base import CountsLike, LossBase, check_alpha, check_real, one_hot
+from ._registry import LOSSES
+
+__all__ = ["SigmoidCrossEntropyLoss", "SigmoidFocalLoss", "signed_logits", "focal_terms"]
+
+
+def signed_logits(z: Tensor, Y: Tensor) -> Tensor:
+    """``z_t = z`` where ``Y = 1`` else ``-z``, so that ``p_t = sigmoid(z_t)``."""
+    return torch.where(Y.bool(), z, -z)
+
+
+def focal_terms(z: Tensor, Y: Tensor, gamma: Union[float, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(BCE, (1 - p_t) ** gamma)`` elementwise, stably.
+
+    ``BCE = -log p_t = -logsigmoid(z_t)`` and ``(1 - p_t) ** gamma = exp(gamma *
+    logsigmoid(-z_t))``: finite values and gradients for any finite logits, also for
+    ``gamma < 1`` where ``pow`` has an infinite derivative at ``p_t = 1``.
+    """
+    zt = signed_logits(z, Y)
+    return -F.logsigmoid(zt), torch.exp(gamma * F.logsigmoid(-zt))
+
+
+def alpha_t(Y: Tensor, alpha: float) -> Tensor:
+    """``alpha`` for positives, ``1 - alpha`` for negatives."""
+    return Y * alpha + (1.0 - Y) * (1.0 - alpha)
+
+
+@LOSSES.register("sigmoid_ce")
+class SigmoidCrossEntropyLoss(LossBase):
+    """Sigmoid CE, SPEC §4 **sigmoid_ce** (the unweighted sigmoid CE of Cui et al.
+    2019, "Class-Balanced Loss Based on Effective Number of Samples"): ``L = sum_{i,j} BCE(z_ij, Y_ij) / N``."""
+
+    uses_sigmoid = True
+
+    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+        Y = one_hot(y, self.num_classes, z.dtype)
+        return F.binary_cross_entropy_with_logits(z, Y, reduction="sum") / z.shape[0]
+
+
+@LOSSES.register("sigmoid_focal")
+class SigmoidFocalLoss(LossBase):
+    """Sigmoid focal loss, SPEC §4 **sigmoid_focal** (Lin et al. 2017, "Focal Loss for Dense
+    Object Detection"):
+
+    ``L = sum_{i,j} a_t * (1 - p_t) ** gamma * BCE(z_ij, Y_ij) / N``, ``p_t = s`` if
+    ``Y = 1`` else ``1 - s``; ``a_t = alpha`` / ``1 - alpha`` for positives / negatives,
+    ``alpha = -1`` (default, as in the CB paper) disables it. gamma default 2. Equals
+    ``torchvision.ops.sigmoid_focal_loss(reduction="sum") / N``.
+    """
+
+    uses_sigmoid = True
+
+    def __init__(self, class_counts: CountsLike, gamma: float = 2.0, alpha: float = -1.0) -> None:
+        super().__init__(class_counts)
+        self.gamma = check_real("gamma", gamma, low=0.0)
+        self.alpha = check_alpha(alpha)
+
+    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+        Y = one_hot(y, self.num_classes, z.dtype)
+        bce, modulator = focal_terms(z, Y, self.gamma)
+        loss = modulator * bce
+        if self.alpha >= 0:
+            loss = alpha_t(Y, self.alpha) * loss
+        return loss.sum() / z.shape[0]
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, gamma={self.gamma}, alpha={self.alpha}"

@@ -1,0 +1,151 @@
+"""Execution profiles: which parameter values each notebook runs with, in one visible place.
+
+``PROFILES[profile][notebook_stem]`` holds papermill parameter overrides for that notebook; the
+``"*"`` entry of a profile applies to every notebook first, the notebook's own entry second, and
+command-line / API overrides last (see :func:`resolve_overrides`). A parameter that no layer sets
+keeps the default written in the notebook's ``parameters`` cell. The runner always sets
+``profile`` and ``out_dir`` itself, and ``seeds`` when ``--seeds N`` is given.
+
+Every key must be a parameter of the notebook's ``parameters`` cell: the runner checks this (and
+obviously wrong types) with ``papermill.inspect_notebook`` before executing anything.
+
+Profiles:
+
+* ``smoke``: seconds per notebook on CPU, on a tiny subset; only proves the pipeline runs (tests,
+  CI). Its numbers mean nothing.
+* ``quick``: CPU-feasible (minutes to an hour per notebook); the default of ``make reproduce``.
+  Fewer epochs and a smaller head class than the papers, so accuracies are far below the
+  published ones; the report says so.
+* ``paper``: the papers' recipe (SPEC §2: 200 epochs, batch 128, full CIFAR-LT, IR 100/50/10 on
+  CIFAR-10 and CIFAR-100, 3 seeds). Needs a GPU.
+
+Parameters used below (the notebook author finalises values and may add keys):
+
+* ``epochs``: training epochs of the main runs.
+* ``imbalance_ratios``: list of IRs (n_max / n_min).
+* ``datasets``: list of ``"cifar10"`` / ``"cifar100"``.
+* ``n_max``: size of the largest class (SPEC §1: 5000 / 500); ``None`` = the paper's value.
+  Smaller values shrink every class with the same IR profile.
+* ``test_per_class``: balanced test images per class; ``None`` = the full test set.
+* ``batch_size``: SGD batch size.
+* ``methods``: subset of the notebook's methods; ``None`` / absent = all of them.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Mapping, Optional
+
+#: Parameters every notebook's ``parameters`` cell has (the notebook contract).
+COMMON_PARAMETERS = ("profile", "out_dir", "data_root", "device", "seeds")
+
+#: The notebooks of the project, by file stem (``notebooks/<stem>.ipynb``).
+NOTEBOOKS = (
+    "01_long_tailed_cifar",
+    "02_focal_and_balanced_ce",
+    "03_class_balanced_loss",
+    "04_bbn_and_two_stage",
+    "05_equalization_losses",
+    "06_feature_space_augmentation",
+    "07_ohem",
+)
+
+DEFAULT_PROFILE = "quick"
+
+# Shared building blocks, so a profile's intent reads at a glance. Notebook entries copy and
+# adjust them; keep per-notebook differences explicit below.
+_SMOKE = {
+    "epochs": 1,
+    "imbalance_ratios": [10],
+    "datasets": ["cifar10"],
+    "n_max": 50,  # IR10 -> 50 ... 5 images per class, 181 in all
+    "test_per_class": 10,
+    "batch_size": 32,
+}
+_QUICK = {
+    "epochs": 30,
+    "imbalance_ratios": [100, 10],
+    "datasets": ["cifar10"],
+    "n_max": 1000,  # IR100 -> 2481 training images: ~1 min per epoch of ResNet-32 on 2 CPU cores
+    "test_per_class": 200,
+    "batch_size": 128,
+}
+_PAPER = {
+    "epochs": 200,
+    "imbalance_ratios": [100, 50, 10],
+    "datasets": ["cifar10", "cifar100"],
+    "n_max": None,  # SPEC §1: 5000 (CIFAR-10) / 500 (CIFAR-100)
+    "test_per_class": None,  # the full 10,000-image test set
+    "batch_size": 128,
+}
+
+
+def _with(base: Mapping[str, Any], **changes: Any) -> Dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    out.update(changes)
+    return out
+
+
+PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "smoke": {
+        "*": {"device": "cpu", "seeds": [0]},
+        "01_long_tailed_cifar": _with(_SMOKE),
+        "02_focal_and_balanced_ce": _with(_SMOKE),
+        "03_class_balanced_loss": _with(_SMOKE),
+        "04_bbn_and_two_stage": _with(_SMOKE),
+        "05_equalization_losses": _with(_SMOKE),
+        "06_feature_space_augmentation": _with(_SMOKE),
+        "07_ohem": _with(_SMOKE),
+    },
+    "quick": {
+        "*": {"device": "auto", "seeds": [0]},
+        "01_long_tailed_cifar": _with(_QUICK),
+        "02_focal_and_balanced_ce": _with(_QUICK),
+        "03_class_balanced_loss": _with(_QUICK),
+        # BBN Table 5 / the representation x classifier grid is defined at IR50 (SPEC §6).
+        "04_bbn_and_two_stage": _with(_QUICK, imbalance_ratios=[50]),
+        "05_equalization_losses": _with(_QUICK),
+        "06_feature_space_augmentation": _with(_QUICK),
+        "07_ohem": _with(_QUICK, imbalance_ratios=[100]),
+    },
+    "paper": {
+        "*": {"device": "auto", "seeds": [0, 1, 2]},
+        "01_long_tailed_cifar": _with(_PAPER),
+        "02_focal_and_balanced_ce": _with(_PAPER),
+        "03_class_balanced_loss": _with(_PAPER),
+        "04_bbn_and_two_stage": _with(_PAPER),
+        "05_equalization_losses": _with(_PAPER),
+        "06_feature_space_augmentation": _with(_PAPER),
+        "07_ohem": _with(_PAPER),
+    },
+}
+
+
+def profile_names() -> list[str]:
+    """The valid profile names."""
+    return list(PROFILES)
+
+
+def check_profile(profile: str) -> None:
+    """Raise ``ValueError`` naming every valid profile if ``profile`` is unknown."""
+    if profile not in PROFILES:
+        raise ValueError(
+            f"unknown profile: profile={profile!r}; valid profiles: {', '.join(PROFILES)}"
+        )
+
+
+def resolve_overrides(
+    profile: str, notebook_stem: str, extra: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
+    """Parameter overrides for one notebook: ``"*"``, then the notebook's entry, then ``extra``.
+
+    Returns a fresh dict (safe to mutate). A notebook without an entry gets only the ``"*"``
+    layer and ``extra``; its own defaults apply for everything else.
+    """
+    check_profile(profile)
+    layers = PROFILES[profile]
+    out: Dict[str, Any] = {}
+    out.update(copy.deepcopy(layers.get("*", {})))
+    out.update(copy.deepcopy(layers.get(notebook_stem, {})))
+    if extra:
+        out.update(copy.deepcopy(dict(extra)))
+    return out

@@ -1,0 +1,218 @@
+"""Tests for ltbench.fsa: feature space augmentation (Chu et al., ECCV 2020; SPEC §8)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltbench.config import TrainConfig
+from ltbench.data import long_tailed_counts
+from ltbench.engine import train
+from ltbench.fsa import (
+    FeatureAugmenter, FSATrainer, class_activation_maps, check_thresholds, confusing_classes, confusion_scores,
+    decompose, load_phase1, mix_features, normalize_maps, phase2_config, split_head_tail, train_fsa,
+)
+from ltbench.models import resnet32
+
+SYNTH = {"n_train_per_class": 60, "n_test_per_class": 20, "image_size": 16}
+
+
+def synthetic_cfg(**kw) -> TrainConfig:
+    base = dict(dataset="synthetic", imbalance_ratio=10, data_options=dict(SYNTH), epochs=2, warmup_epochs=1,
+                batch_size=32, device="cpu", checkpoint_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --------------------------------------------------------------------------- CAMs and masks
+
+
+def test_cam_equals_per_position_class_score_of_a_linear_head():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(3, 5, 4, 6, generator=g)
+    fc = torch.nn.Linear(5, 7)
+    # The per-position class score: the classifier applied at every position (a 1x1 convolution).
+    per_position = F.conv2d(f, fc.weight[:, :, None, None], fc.bias)
+    raw = class_activation_maps(f, fc.weight, normalize=False)
+    torch.testing.assert_close(raw + fc.bias[None, :, None, None], per_position)
+    # Min-max normalisation removes the bias: the normalised CAM is the normalised score map.
+    torch.testing.assert_close(class_activation_maps(f, fc.weight), normalize_maps(per_position))
+    # The class-indexed form picks each sample's own map.
+    y = torch.tensor([6, 0, 3])
+    torch.testing.assert_close(class_activation_maps(f, fc.weight, y), normalize_maps(per_position)[torch.arange(3), y])
+
+
+def test_cam_of_a_cifar_resnet_averages_to_its_logits():
+    model = resnet32(num_classes=4).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        fmap = model.forward_features(x)
+        logits = model(x)
+    cams = class_activation_maps(fmap, model.fc.weight, normalize=False)
+    torch.testing.assert_close(cams.mean(dim=(2, 3)) + model.fc.bias, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_normalised_maps_span_zero_to_one_and_constant_maps_are_zero():
+    m = normalize_maps(torch.randn(4, 3, 5, 5) * 10)
+    assert torch.allclose(m.amin(dim=(-2, -1)), torch.zeros(4, 3))
+    assert torch.allclose(m.amax(dim=(-2, -1)), torch.ones(4, 3))
+    assert torch.equal(normalize_maps(torch.full((1, 3, 3), 2.5)), torch.zeros(1, 3, 3))
+
+
+@pytest.mark.parametrize("tau_s,tau_g", [(0.8, 0.2), (0.5, 0.5), (0.9, 0.05)])
+def test_decomposition_masks_respect_the_thresholds(tau_s, tau_g):
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(4, 6, 5, 5, generator=g)
+    cam = normalize_maps(torch.rand(4, 5, 5, generator=g))
+    d = decompose(f, cam, tau_s, tau_g)
+    assert torch.equal(d.specific_mask, cam >= tau_s) and torch.equal(d.generic_mask, cam <= tau_g)
+    keep_s, keep_g = d.specific_mask[:, None].expand_as(f), d.generic_mask[:, None].expand_as(f)
+    assert torch.equal(d.specific[keep_s], f[keep_s]) and bool((d.specific[~keep_s] == 0).all())
+    assert torch.equal(d.generic[keep_g], f[keep_g]) and bool((d.generic[~keep_g] == 0).all())
+    if tau_g < tau_s:
+        assert not bool((d.specific_mask & d.generic_mask).any())
+
+
+@pytest.mark.parametrize("tau_s,tau_g", [(1.0, 0.2), (0.8, 0.0), (0.3, 0.4), (1.2, 0.5), (0.8, -0.1),
+                                         (float("nan"), 0.2), (True, 0.2), ("0.8", 0.2)])
+def test_bad_thresholds_raise(tau_s, tau_g):
+    with pytest.raises(ValueError, match="tau"):
+        check_thresholds(tau_s, tau_g)
+    with pytest.raises(ValueError, match="tau"):
+        decompose(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3), tau_s, tau_g)
+
+
+# --------------------------------------------------------------------------- head/tail and confusing classes
+
+
+def test_head_tail_rule_on_hand_made_counts():
+    # 50 + 30 + 10 = 90 of 100: exactly 90% closes the head.
+    assert split_head_tail([50, 30, 10, 5, 5]) == ([0, 1, 2], [3, 4])
+    # 50 + 30 = 80 < 89.1 of 99; + 9 = 89 < 89.1, so the 4th class joins the head.
+    assert split_head_tail([50, 30, 9, 5, 5]) == ([0, 1, 2, 3], [4])
+    # Classes are sorted by size, whatever their index.
+    assert split_head_tail([5, 50, 10, 30, 5]) == ([1, 3, 2], [0, 4])
+    # CIFAR-10-LT IR100 (SPEC §1 counts): 5000+2997+1796+1077+645 = 11515 >= 0.9 * 12406.
+    assert split_head_tail(long_tailed_counts(5000, 10, 100)) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+    assert split_head_tail([10, 10]) == ([0, 1], [])
+    with pytest.raises(ValueError):
+        split_head_tail([0, 0])
+    with pytest.raises(ValueError):
+        split_head_tail([3, 2], head_fraction=1.5)
+
+
+def test_confusing_class_ranking_on_hand_made_scores():
+    probs = torch.tensor([
+        [0.70, 0.10, 0.15, 0.05],  # class 0
+        [0.50, 0.20, 0.20, 0.10],  # class 0
+        [0.05, 0.60, 0.05, 0.30],  # class 1
+        [0.30, 0.10, 0.20, 0.40],  # class 3
+        [0.10, 0.50, 0.20, 0.20],  # class 3
+    ])
+    labels = torch.tensor([0, 0, 1, 3, 3])
+    s = confusion_scores(probs, labels, 4)
+    torch.testing.assert_close(s[0], torch.tensor([0.60, 0.15, 0.175, 0.075]))
+    torch.testing.assert_close(s[3], torch.tensor([0.20, 0.30, 0.20, 0.30]))
+    assert torch.equal(s[2], torch.zeros(4))  # no sample of class 2
+    top = confusing_classes(s, n_f=3)
+    assert top[0].tolist() == [2, 1, 3]
+    assert top[1].tolist() == [3, 0, 2]
+    assert top[3].tolist() == [1, 0, 2]  # own class excluded; tie 0 vs 2 broken by index
+    assert not bool((top == torch.arange(4)[:, None]).any())
+    with pytest.raises(ValueError):
+        confusing_classes(s, n_f=4)
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+def test_mix_takes_every_position_from_exactly_one_source():
+    g = torch.Generator().manual_seed(2)
+    m, k, h, w = 64, 3, 4, 4
+    specific, generic = torch.full((m, k, h, w), 2.0), torch.full((m, k, h, w), -1.0)
+    gamma = torch.rand(m, generator=g)
+    mixed, source = mix_features(specific, generic, gamma, g)
+    assert source.shape == (m, h, w) and source.dtype == torch.bool
+    assert torch.equal(mixed, torch.where(source[:, None], specific, generic))
+    # All channels of a position come from the same source.
+    assert bool(((mixed == 2.0).all(dim=1) | (mixed == -1.0).all(dim=1)).all())
+    # gamma is the probability of the specific source.
+    _, all_generic = mix_features(specific, generic, torch.zeros(m), g)
+    _, all_specific = mix_features(specific, generic, torch.ones(m), g)
+    assert not bool(all_generic.any()) and bool(all_specific.all())
+    frac = source.float().mean(dim=(1, 2))
+    assert float((frac - gamma).abs().mean()) < 0.15
+
+
+def test_augmenter_keeps_the_tail_label_and_draws_confusing_partners():
+    g = torch.Generator().manual_seed(3)
+    c, k, h, w = 4, 5, 3, 3
+    bank_labels = torch.tensor([0] * 6 + [1] * 4 + [2] * 3 + [3] * 2)
+    bank = torch.randn(len(bank_labels), k, h, w, generator=g)
+    confusing = torch.tensor([[1, 2], [0, 2], [0, 1], [0, 1]])
+    is_tail = torch.tensor([False, False, True, True])
+    aug = FeatureAugmenter(bank, bank_labels, confusing, is_tail, torch.randn(c, k, generator=g), n_a=3)
+    f = torch.randn(8, k, h, w, generator=g) + 0.1
+    y = torch.tensor([0, 2, 3, 1, 2, 3, 0, 3])
+    out = aug.augment(f, y, g)
+    assert out.features.shape == (24, k, h, w)
+    assert torch.equal(out.labels, y.repeat_interleave(3))  # the tail sample's own class
+    assert torch.equal(out.valid, is_tail[y].repeat_interleave(3))
+    assert torch.equal(bank_labels[out.partner], out.partner_class)
+    assert bool((out.partner_class[:, None] == confusing[out.labels]).any(dim=1).all())
+    specific = aug.specific(f, y).specific.repeat_interleave(3, dim=0)
+    expected = torch.where(out.source[:, None], specific, bank[out.partner])
+    assert torch.equal(out.features, expected)
+
+
+# --------------------------------------------------------------------------- phase II through the engine
+
+
+@pytest.fixture(scope="module")
+def phase1_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsa") / "phase1"
+    train(synthetic_cfg(), out, progress=False)
+    return out
+
+
+def test_phase2_leaves_the_backbone_bit_identical(phase1_dir, tmp_path):
+    before = load_phase1(phase1_dir)["model"]
+    cfg = phase2_config(load_phase1(phase1_dir)["config"], iterations=4, batch_size=32, evaluations=2)
+    assert (cfg.epochs, cfg.sampler_params["num_samples"], cfg.lr, cfg.schedule) == (2, 64, 0.001, "constant")
+    trainer = FSATrainer(cfg, phase1_dir, progress=False)
+    assert [n for n, _ in trainer.trainable_parameters()] == ["fc.weight", "fc.bias"]
+    result = trainer.fit(tmp_path / "phase2")
+    after = trainer.model.state_dict()
+    backbone = [n for n in before if not n.startswith("fc.")]
+    assert any("running_mean" in n for n in backbone)
+    for n in backbone:
+        assert torch.equal(before[n], after[n]), n
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert math.isfinite(result.last.top1) and len(result.history) == 2
+    assert trainer.tail_classes == split_head_tail(trainer.counts)[1]
+    assert result.extras["fsa"]["tail"] == trainer.tail_classes and len(result.extras["fsa"]["confusing"]) == 10
+
+
+def test_train_fsa_caches_on_its_settings(phase1_dir, tmp_path):
+    out = tmp_path / "fsa"
+    r1 = train_fsa(phase1_dir, out, iterations=2, batch_size=16, evaluations=1, progress=False)
+    r2 = train_fsa(phase1_dir, out, iterations=2, batch_size=16, evaluations=1, progress=False)
+    assert r2.last.top1 == r1.last.top1 and r2.train_seconds == r1.train_seconds  # reused
+    r3 = train_fsa(phase1_dir, out, iterations=2, batch_size=16, evaluations=1, tau_s=0.7, progress=False)
+    assert r3.train_seconds != r1.train_seconds  # other thresholds: retrained
+
+
+def test_mismatched_phase1_checkpoint_is_rejected_before_training(phase1_dir, tmp_path):
+    p1 = load_phase1(phase1_dir)["config"]
+    with pytest.raises(ValueError, match="num_classes"):
+        FSATrainer(phase2_config(p1, iterations=2, data_options=dict(SYNTH, num_classes=5)), phase1_dir, progress=False)
+    with pytest.raises(ValueError, match="resnet32"):
+        FSATrainer(phase2_config(p1, iterations=2, model="resnet18_cifar"), phase1_dir, progress=False)
+    with pytest.raises(ValueError, match="other data"):
+        FSATrainer(phase2_config(p1, iterations=2, imbalance_ratio=5), phase1_dir, progress=False)
+    with pytest.raises(FileNotFoundError, match="Phase-I"):
+        FSATrainer(phase2_config(p1, iterations=2), tmp_path / "nothing", progress=False)
+    with pytest.raises(ValueError, match="tau"):
+        FSATrainer(phase2_config(p1, iterations=2), phase1_dir, tau_s=0.1, tau_g=0.3, progress=False)

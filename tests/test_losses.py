@@ -1,0 +1,615 @@
+"""Tests of the loss zoo against SPEC §4 (closed forms, references, state, errors)."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltbench.losses import (
+    LOSSES,
+    build_loss,
+    class_balanced_weights,
+    effective_number,
+    inverse_frequency_weights,
+    ldam_margins,
+    register_loss,
+)
+
+torch.set_num_threads(1)
+
+ALL = LOSSES.names()
+SIGMOID = {"sigmoid_ce", "sigmoid_focal", "cb_sigmoid", "cb_focal", "sigmoid_eql", "efl"}
+STATEFUL = {"sigmoid_eql", "softmax_eql", "softmax_eql_v2", "efl"}
+COUNTS = [500, 120, 30, 8, 2]
+LN2 = math.log(2.0)
+
+
+def t(x, dtype=torch.float32):
+    return torch.tensor(x, dtype=dtype)
+
+
+def y_(x):
+    return torch.tensor(x, dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- registry / flags
+
+
+def test_names_and_flags():
+    assert set(ALL) >= {
+        "ce", "balanced_ce", "focal", "sigmoid_ce", "sigmoid_focal", "cb_softmax", "cb_sigmoid",
+        "cb_focal", "ldam", "sigmoid_eql", "softmax_eql", "softmax_eql_v2", "efl",
+    }
+    for name in ALL:
+        loss = build_loss(name, COUNTS)
+        assert isinstance(loss, torch.nn.Module)
+        assert type(loss).uses_sigmoid is (name in SIGMOID), name
+        assert type(loss).stateful is (name in STATEFUL), name
+
+
+def test_defaults():
+    assert build_loss("focal", COUNTS).gamma == 1.0
+    sf = build_loss("sigmoid_focal", COUNTS)
+    assert (sf.gamma, sf.alpha) == (2.0, -1.0)
+    for name in ("cb_softmax", "cb_sigmoid", "cb_focal"):
+        assert build_loss(name, COUNTS).beta == 0.9999
+    assert build_loss("cb_focal", COUNTS).gamma == 1.0
+    assert build_loss("balanced_ce", COUNTS).power == 1.0
+    ldam = build_loss("ldam", COUNTS)
+    assert (ldam.max_m, ldam.s) == (0.5, 30.0)
+    eql = build_loss("sigmoid_eql", COUNTS)
+    assert (eql.gamma, eql.mu, eql.alpha) == (12.0, 0.8, 4.0)
+    assert torch.equal(eql.ratio, torch.full((5,), 100.0))
+    efl = build_loss("efl", COUNTS)
+    assert (efl.gamma_b, efl.s_f, efl.alpha) == (2.0, 8.0, 0.25)
+    assert torch.equal(efl.g, torch.ones(5))
+    assert build_loss("softmax_eql", COUNTS).tau == build_loss("softmax_eql_v2", COUNTS).tau == 1.0
+
+
+def test_register_custom_loss():
+    name = "_test_custom_double_ce"
+    try:
+
+        @register_loss(name)
+        class DoubleCE(torch.nn.Module):
+            def __init__(self, class_counts, factor=2.0):
+                super().__init__()
+                self.factor = factor
+
+            def forward(self, logits, targets):
+                return self.factor * F.cross_entropy(logits, targets)
+
+        assert name in LOSSES.names()
+        loss = build_loss(name, [3, 2, 1], factor=3.0)
+        z, y = torch.randn(4, 3), y_([0, 1, 2, 0])
+        assert torch.allclose(loss(z, y), 3 * F.cross_entropy(z, y))
+        assert loss.uses_sigmoid is False and loss.stateful is False  # defaulted by build_loss
+        with pytest.raises(ValueError, match="factr"):
+            build_loss(name, [3, 2, 1], factr=3.0)
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss(name)(DoubleCE)
+    finally:
+        LOSSES._items.pop(name, None)
+
+
+# ----------------------------------------------------------------------------- weight helpers
+
+
+def test_class_balanced_weights():
+    # counts [1, 2], beta 0.5: (1-b)/(1-b^n) = [1, 2/3] -> sum 2: [1.2, 0.8]
+    assert torch.allclose(class_balanced_weights([1, 2], 0.5), t([1.2, 0.8]), rtol=1e-6)
+    assert torch.equal(class_balanced_weights([5000, 50, 1], 0.0), torch.ones(3))
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    b = 0.9999
+    raw = np.array([(1 - b) / (1 - b**n) for n in counts])
+    ref = raw / raw.sum() * len(counts)
+    w = class_balanced_weights(counts, b)
+    assert w.dtype == torch.float32 and torch.allclose(w.double(), torch.from_numpy(ref), rtol=1e-6)
+    assert math.isclose(float(w.sum()), 10.0, rel_tol=1e-6)
+    huge = class_balanced_weights([1e300, 1e30, 1e12, 1], 0.9999999)
+    assert torch.isfinite(huge).all() and math.isclose(float(huge.sum()), 4.0, rel_tol=1e-6)
+    assert torch.allclose(effective_number([1, 2], 0.5).float(), t([1.0, 1.5]))
+
+
+def test_inverse_frequency_weights():
+    assert torch.allclose(inverse_frequency_weights([3, 1]), t([0.5, 1.5]))
+    assert torch.allclose(inverse_frequency_weights([4, 1], power=0.5), t([2 / 3, 4 / 3]))
+    w = inverse_frequency_weights([1e300, 1e-300, 1.0])
+    assert torch.isfinite(w).all() and math.isclose(float(w.sum()), 3.0, rel_tol=1e-6)
+
+
+def test_ldam_margins():
+    assert torch.allclose(ldam_margins([16, 1]), t([0.25, 0.5]))
+    assert float(ldam_margins(COUNTS).max()) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- closed forms
+
+
+def test_ce_and_balanced_ce_closed_form():
+    ce = build_loss("ce", [1, 1])
+    assert ce(t([[0.0, 0.0]]), y_([1])).item() == pytest.approx(LN2, rel=1e-6)
+    # mmdetection-style extremes: -log p = 0 when right by 200, 200 when wrong by 200
+    assert ce(t([[100.0, -100.0], [-100.0, 100.0]]), y_([0, 0])).item() == pytest.approx(100.0)
+    bce = build_loss("balanced_ce", [3, 1])  # w = [0.5, 1.5]
+    z = torch.zeros(3, 2)
+    assert bce(z, y_([0, 1, 1])).item() == pytest.approx((0.5 + 1.5 + 1.5) * LN2 / 3, rel=1e-6)
+    assert bce(t([[-100.0, 100.0]]), y_([0])).item() == pytest.approx(0.5 * 200.0)
+    z, y = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    assert torch.allclose(build_loss("ce", COUNTS)(z, y), F.cross_entropy(z, y))
+
+
+def test_softmax_focal_closed_form():
+    f1 = build_loss("focal", [1, 1])  # gamma 1
+    assert f1(t([[0.0, 0.0]]), y_([0])).item() == pytest.approx(0.5 * LN2, rel=1e-6)
+    assert f1(t([[100.0, -100.0]]), y_([1])).item() == pytest.approx(200.0)
+    assert f1(t([[100.0, -100.0]]), y_([0])).item() == 0.0
+    f2 = build_loss("focal", [1, 1, 1], gamma=2.0)
+    z, y = torch.randn(7, 3), torch.randint(0, 3, (7,))
+    p = z.softmax(1)[torch.arange(7), y]
+    assert torch.allclose(f2(z, y), ((1 - p) ** 2 * -p.log()).mean(), rtol=1e-5)
+    f0 = build_loss("focal", [1, 1, 1], gamma=0.0)
+    assert torch.allclose(f0(z, y), F.cross_entropy(z, y))
+
+
+def test_sigmoid_closed_form():
+    sce = build_loss("sigmoid_ce", [1, 1, 1])
+    assert sce(torch.zeros(2, 3), y_([0, 2])).item() == pytest.approx(3 * LN2, rel=1e-6)
+    # right by 100 on every column: exp(-100) each (log1p of it), wrong by 100: 100 each
+    assert sce(t([[100.0, -100.0, -100.0]]), y_([0])).item() == pytest.approx(3 * math.exp(-100), rel=1e-5)
+    assert sce(t([[-100.0, 100.0, 100.0]]), y_([0])).item() == pytest.approx(300.0)
+    sf = build_loss("sigmoid_focal", [1, 1], gamma=2.0, alpha=0.25)
+    # z = 0: (1 - p_t)^2 = 1/4 on both columns; a_t 0.25 (pos) + 0.75 (neg)
+    assert sf(torch.zeros(1, 2), y_([0])).item() == pytest.approx(0.25 * LN2, rel=1e-6)
+    # wrong by 100 on both columns: 0.25 * 100 + 0.75 * 100
+    assert sf(t([[100.0, -100.0]]), y_([1])).item() == pytest.approx(100.0)
+    # right by 100: a_t * exp(-100)^2 * exp(-100) per column, i.e. (0.25 + 0.75) * exp(-300)
+    assert sf(t([[-100.0, 100.0]]), y_([1])).item() == pytest.approx(0.0, abs=1e-40)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(-1, 2.0), (0.25, 2.0), (0.5, 0.5), (0.75, 1.0), (0.25, 0.0), (1.0, 3.0)])
+def test_sigmoid_focal_matches_torchvision(alpha, gamma):
+    from torchvision.ops import sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(32, 7, generator=g) * 3, torch.randint(0, 7, (32,), generator=g)
+    ours = build_loss("sigmoid_focal", [1] * 7, gamma=gamma, alpha=alpha)(z, y)
+    ref = sigmoid_focal_loss(z, F.one_hot(y, 7).float(), alpha=alpha, gamma=gamma, reduction="sum") / 32
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    if alpha == -1 and gamma == 0.0:
+        assert torch.allclose(ours, build_loss("sigmoid_ce", [1] * 7)(z, y))
+
+
+def test_cb_family():
+    counts = [1000, 100, 10]
+    w = class_balanced_weights(counts, 0.999)
+    z, y = torch.randn(12, 3), y_([0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 0])
+    cb = build_loss("cb_softmax", counts, beta=0.999)(z, y)
+    spec = (w[y] * F.cross_entropy(z, y, reduction="none")).sum() / 12
+    torch_weighted = F.cross_entropy(z, y, weight=w)
+    assert torch.allclose(cb, spec, rtol=1e-6)
+    assert not torch.allclose(cb, torch_weighted, rtol=1e-3)  # the SPEC's point: divide by N
+    Y = F.one_hot(y, 3).float()
+    bce = F.binary_cross_entropy_with_logits(z, Y, reduction="none")
+    cbs = build_loss("cb_sigmoid", counts, beta=0.999)(z, y)
+    assert torch.allclose(cbs, (w[y, None] * bce).sum() / 12, rtol=1e-6)
+    s = torch.sigmoid(z)
+    one_minus_pt = torch.where(Y.bool(), 1 - s, s)
+    cbf = build_loss("cb_focal", counts, beta=0.999, gamma=2.0)(z, y)
+    assert torch.allclose(cbf, (w[y, None] * one_minus_pt**2 * bce).sum() / 12, rtol=1e-5)
+    # beta = 0: all weights 1 -> plain losses; extremes in closed form
+    assert torch.allclose(build_loss("cb_softmax", counts, beta=0.0)(z, y), F.cross_entropy(z, y))
+    cb0 = build_loss("cb_sigmoid", [1, 1], beta=0.0)
+    assert cb0(t([[100.0, -100.0]]), y_([1])).item() == pytest.approx(200.0)
+
+
+def test_ldam_closed_form_and_drw():
+    ldam = build_loss("ldam", [16, 1])  # margins [0.25, 0.5], s 30
+    # logits 30 * ([0, 0] - [0, 0.5]) = [0, -15]
+    assert ldam(torch.zeros(1, 2), y_([1])).item() == pytest.approx(15 + math.log1p(math.exp(-15)), rel=1e-6)
+    assert ldam(torch.zeros(1, 2), y_([0])).item() == pytest.approx(7.5 + math.log1p(math.exp(-7.5)), rel=1e-6)
+    z, y = torch.randn(9, 2), torch.randint(0, 2, (9,))
+    m = t([0.25, 0.5])
+    ref = F.cross_entropy(30 * (z - m[y, None] * F.one_hot(y, 2)), y)
+    assert torch.allclose(ldam(z, y), ref, rtol=1e-6)
+    w = t([0.3, 1.7])
+    ldam.set_class_weight(w)
+    assert torch.allclose(ldam(z, y), F.cross_entropy(30 * (z - m[y, None] * F.one_hot(y, 2)), y, weight=w), rtol=1e-6)
+
+
+def test_ce_class_weight_drw_and_state_dict():
+    ce = build_loss("ce", COUNTS)
+    z, y = torch.randn(10, 5), torch.randint(0, 5, (10,))
+    w = class_balanced_weights(COUNTS, 0.9999)
+    assert "class_weight" not in ce.state_dict()
+    ce.set_class_weight(w)
+    assert torch.allclose(ce(z, y), F.cross_entropy(z, y, weight=w))
+    sd = ce.state_dict()
+    assert torch.equal(sd["class_weight"], w)
+    fresh = build_loss("ce", COUNTS)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh(z, y), ce(z, y))
+    ce.load_state_dict(build_loss("ce", COUNTS).state_dict())  # a checkpoint without weights
+    assert ce.class_weight is None and torch.equal(ce(z, y), F.cross_entropy(z, y))
+    assert torch.allclose(build_loss("ce", COUNTS, weight=w)(z, y), F.cross_entropy(z, y, weight=w))
+    ce.set_class_weight(w)
+    ce.set_class_weight(None)
+    assert torch.equal(ce(z, y), F.cross_entropy(z, y))
+
+
+def test_stateful_start_values():
+    """Before any step: EQL weights ~1, Softmax-EQL = CE, EFL = focal(gamma_b, alpha)."""
+    z, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    assert torch.allclose(build_loss("sigmoid_eql", COUNTS)(z, y), build_loss("sigmoid_ce", COUNTS)(z, y))
+    for name in ("softmax_eql", "softmax_eql_v2"):
+        assert torch.allclose(build_loss(name, COUNTS)(z, y), F.cross_entropy(z, y), rtol=1e-6)
+    ref = build_loss("sigmoid_focal", COUNTS, gamma=2.0, alpha=0.25)(z, y)
+    assert torch.allclose(build_loss("efl", COUNTS)(z, y), ref, rtol=1e-6)
+
+
+def test_softmax_eql_literal_form():
+    """``p_y = G_y^tau e^{z_y} / sum_k G_k^tau e^{z_k}`` with ``G = clamp(G_pos, 1e-4)``."""
+    loss = build_loss("softmax_eql", [1, 1, 1], tau=0.7)
+    loss.pos_grad.copy_(t([2.0, 0.5, 0.0]))
+    z, y = torch.randn(6, 3), y_([0, 1, 2, 2, 1, 0])
+    G = t([2.0, 0.5, 1e-4]) ** 0.7
+    p = G * z.exp() / (G * z.exp()).sum(1, keepdim=True)
+    assert torch.allclose(loss(z, y), -p[torch.arange(6), y].log().mean(), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- hand-computed steps
+# Independent float64 NumPy references straight from SPEC §4's update rules; the model is the
+# logits themselves (a parameter) updated by plain SGD, so the gradient is computed by hand too.
+
+
+def _sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ref_sigmoid_eql(z, y, state, gamma=12.0, mu=0.8, alpha=4.0):
+    N, C = z.shape
+    Y = np.eye(C)[y]
+    q = 1.0 / (1.0 + np.exp(-gamma * (state["ratio"] - mu)))
+    r = 1.0 + alpha * (1.0 - q)
+    W = r * Y + q * (1 - Y)
+    s = _sig(z)
+    bce = -(Y * np.log(s) + (1 - Y) * np.log(1 - s))
+    loss = (W * bce).sum() / N
+    grad = W * (s - Y) / N
+    G = np.abs(Y * (s - 1) + (1 - Y) * s)
+    pos = state["pos_grad"] + (G * Y * W).sum(0)
+    neg = state["neg_grad"] + (G * (1 - Y) * W).sum(0)
+    return loss, grad, {"pos_grad": pos, "neg_grad": neg, "ratio": pos / (neg + 1e-10)}
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _ref_softmax_eql(z, y, state, tau=1.0):
+    N, C = z.shape
+    Y = np.eye(C)[y]
+    G = np.maximum(state["pos_grad"], 1e-4)
+    zp = z + tau * (np.log(G)[None, :] - np.log(G[y])[:, None])
+    p = _softmax(zp)
+    loss = -np.log(p[np.arange(N), y]).mean()
+    grad = (p - Y) / N
+    pos = state["pos_grad"] + (np.abs(grad) * Y).sum(0)
+    neg = state["neg_grad"] + (np.abs(grad) * (1 - Y)).sum(0)
+    return loss, grad, {"pos_grad": pos, "neg_grad": neg}
+
+
+def _ref_efl(z, y, state, gamma_b=2.0, s_f=8.0, alpha=0.25):
+    N, C = z.shape
+    Y = np.eye(C)[y]
+    gam = gamma_b + s_f * (1 - state["g"])
+    sign = 2 * Y - 1
+    pt = _sig(sign * z)
+    at = alpha * Y + (1 - alpha) * (1 - Y)
+    wgt = at * gam / gamma_b
+    loss = (wgt * (1 - pt) ** gam * -np.log(pt)).sum() / N
+    # d/dz_t [(1-p)^g (-log p)] = -(1-p)^g [g p (-log p) + (1 - p)],  dz_t/dz = sign
+    grad = wgt * sign * -((1 - pt) ** gam) * (gam * pt * -np.log(pt) + (1 - pt)) / N
+    pos = state["pos_grad"] + (np.abs(grad) * Y).sum(0)
+    neg = state["neg_grad"] + (np.abs(grad) * (1 - Y)).sum(0)
+    return loss, grad, {"pos_grad": pos, "neg_grad": neg, "g": np.clip(pos / (neg + 1e-10), 0, 1)}
+
+
+_REFS = {
+    "sigmoid_eql": (_ref_sigmoid_eql, {"ratio": 100.0}),
+    "softmax_eql": (_ref_softmax_eql, {}),
+    "efl": (_ref_efl, {"g": 1.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_REFS))
+def test_two_steps_match_hand_computation(name):
+    C, N, lr = 4, 6, 2.0
+    rng = np.random.default_rng(1)
+    z0 = rng.normal(size=(N, C))
+    ys = [np.array([0, 0, 1, 2, 0, 1]), np.array([3, 0, 1, 0, 2, 3])]  # class 3 absent at step 1
+    ref_fn, extra = _REFS[name]
+    state = {"pos_grad": np.zeros(C), "neg_grad": np.zeros(C), **{k: np.full(C, v) for k, v in extra.items()}}
+    z, ref_losses = z0.copy(), []
+    for y in ys:
+        loss, grad, state = ref_fn(z, y, state)
+        ref_losses.append(loss)
+        z = z - lr * grad
+
+    crit = build_loss(name, [40, 30, 20, 10])
+    param = torch.nn.Parameter(torch.tensor(z0, dtype=torch.float32))
+    opt = torch.optim.SGD([param], lr=lr)
+    losses = []
+    for y in ys:
+        opt.zero_grad()
+        out = crit(param, torch.from_numpy(y))
+        out.backward()
+        opt.step()
+        losses.append(out.item())
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    stats = crit.statistics()
+    for key, val in state.items():
+        np.testing.assert_allclose(stats[key].numpy(), val, rtol=1e-5, atol=1e-7, err_msg=key)
+    np.testing.assert_allclose(param.detach().numpy(), z, rtol=1e-5, atol=1e-6)
+    # and the next step's loss from the restored statistics matches too
+    next_loss, _, _ = ref_fn(z, ys[0], state)
+    assert crit(param, torch.from_numpy(ys[0])).item() == pytest.approx(next_loss, rel=1e-5)
+
+
+def test_softmax_eql_equals_v2_in_training():
+    torch.manual_seed(0)
+    C = 6
+    model = torch.nn.Linear(8, C)
+    models = {n: copy.deepcopy(model) for n in ("softmax_eql", "softmax_eql_v2")}
+    crits = {n: build_loss(n, [60, 40, 20, 10, 5, 2]) for n in models}
+    opts = {n: torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9) for n, m in models.items()}
+    for step in range(6):
+        x = torch.randn(32, 8)
+        y = torch.cat([torch.arange(C), torch.randint(0, C, (26,))])  # every class each step
+        losses = {}
+        for n in models:
+            opts[n].zero_grad()
+            losses[n] = crits[n](models[n](x), y)
+            losses[n].backward()
+            opts[n].step()
+        assert losses["softmax_eql"].item() == pytest.approx(losses["softmax_eql_v2"].item(), rel=1e-5)
+        if step > 0:
+            assert losses["softmax_eql"].item() != pytest.approx(F.cross_entropy(models["softmax_eql"](x), y).item(), rel=1e-3)
+    a, b = crits["softmax_eql"].statistics(), crits["softmax_eql_v2"].statistics()
+    assert torch.allclose(a["pos_grad"], b["pos_grad"], rtol=1e-4)
+    assert torch.allclose(a["neg_grad"], b["neg_grad"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- gradients / numerics
+
+
+def _prime(loss):
+    """Give a stateful loss non-trivial statistics (so the weights are not all 1)."""
+    if loss.stateful:
+        loss.pos_grad.copy_(t([0.9, 0.5, 0.2]))
+        loss.neg_grad.copy_(t([1.0, 1.5, 3.0]))
+        loss._refresh()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradcheck_float64(name):
+    counts = [50, 10, 2]
+    loss = build_loss(name, counts)
+    _prime(loss)
+    loss.eval()  # gradcheck calls backward repeatedly; keep the statistics fixed
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = y_([0, 1, 2, 2, 0])
+    if name == "ldam":
+        z = (z.detach() / 10).requires_grad_()  # cosine-classifier scale, s = 30
+    assert loss(z, y).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda x: loss(x, y), (z,))
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_tap_does_not_change_gradient(name):
+    loss = build_loss(name, [50, 10, 2])
+    _prime(loss)
+    z, y = torch.randn(5, 3, requires_grad=True), y_([0, 1, 2, 2, 0])
+    loss.eval()
+    (g_eval,) = torch.autograd.grad(loss(z, y), z)
+    loss.train()
+    (g_train,) = torch.autograd.grad(loss(z, y), z)  # also updates the statistics, once
+    assert torch.equal(g_eval, g_train)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_finite_at_extremes_absent_classes_and_bf16(name):
+    C = 6
+    counts = [1000, 300, 90, 27, 8, 2]
+    loss = build_loss(name, counts)
+    g = torch.Generator().manual_seed(0)
+    for scale in (1e4, -1e4):
+        for y in (y_([0, 0, 1, 0]), y_([5, 5, 5, 5])):  # most classes absent from the batch
+            for _ in range(2):  # second pass uses the statistics of the first
+                z = (torch.sign(torch.randn(4, C, generator=g)) * scale).requires_grad_()
+                z.data[0] = scale  # ties
+                out = loss(z, y)
+                out.backward()
+                assert torch.isfinite(out), (name, scale)
+                assert torch.isfinite(z.grad).all(), (name, scale)
+                for k, v in loss.statistics().items():
+                    assert torch.isfinite(v).all(), (name, k)
+    lin = torch.nn.Linear(16, C)
+    x, y = torch.randn(32, 16), torch.randint(0, C, (32,))
+    ref = build_loss(name, counts)
+    ref.load_state_dict(loss.state_dict())  # same statistics, for a float32 forward below
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lin(x)
+        assert logits.dtype == torch.bfloat16
+        out = loss(logits, y)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    out.backward()
+    assert torch.isfinite(lin.weight.grad).all()
+    with torch.no_grad():
+        assert torch.allclose(out, ref(logits.detach().float(), y), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- state handling
+
+
+def _step(loss, z, y):
+    z = z.clone().requires_grad_()
+    out = loss(z, y)
+    out.backward()
+    return out.detach()
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_eval_and_no_grad_leave_statistics_unchanged(name):
+    loss = build_loss(name, COUNTS)
+    z, y = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    _step(loss, z, y)
+    before = copy.deepcopy(loss.state_dict())
+    with torch.no_grad():
+        loss(z, y)
+    loss.eval()
+    _step(loss, z, y)  # backward through an eval-mode forward
+    loss.train()
+    loss(z, y)  # logits not requiring grad
+    for k, v in loss.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    _step(loss, z, y)
+    assert not torch.equal(loss.pos_grad, before["pos_grad"])
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_state_dict_round_trip(name):
+    torch.manual_seed(0)
+    loss = build_loss(name, COUNTS)
+    batches = [(torch.randn(16, 5) * 2, torch.randint(0, 5, (16,))) for _ in range(3)]
+    for z, y in batches[:2]:
+        _step(loss, z, y)
+    buf = io.BytesIO()
+    torch.save(loss.state_dict(), buf)
+    buf.seek(0)
+    restored = build_loss(name, COUNTS)
+    restored.load_state_dict(torch.load(buf))
+    expected_keys = {"pos_grad", "neg_grad"} | ({"ratio"} if name == "sigmoid_eql" else set()) | (
+        {"g"} if name == "efl" else set()
+    )
+    assert set(restored.state_dict()) == expected_keys
+    for k, v in loss.statistics().items():
+        assert torch.equal(restored.statistics()[k], v), k
+    z, y = batches[2]
+    assert torch.equal(_step(restored, z, y), _step(loss, z, y))
+    for k, v in loss.state_dict().items():
+        assert torch.equal(restored.state_dict()[k], v), k
+
+
+def test_statistics_are_clones():
+    loss = build_loss("efl", COUNTS)
+    stats = loss.statistics()
+    stats["pos_grad"].add_(1.0)
+    stats["g"].zero_()
+    assert torch.equal(loss.pos_grad, torch.zeros(5)) and torch.equal(loss.g, torch.ones(5))
+
+
+def _ddp_worker(rank, world, init_file, name, zs, ys, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        loss = build_loss(name, COUNTS)
+        _step(loss, zs[rank], ys[rank])
+        if rank == 0:
+            torch.save(loss.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["efl"])
+def test_ddp_all_reduce(tmp_path, name):
+    """Two gloo processes: each rank's statistics equal the single-process sum over both shards
+    (the loss is a per-rank mean, so the gradients are those of each shard's own loss)."""
+    import torch.multiprocessing as mp
+
+    zs = [torch.randn(8, 5), torch.randn(8, 5)]
+    ys = [torch.randint(0, 5, (8,)), torch.randint(0, 5, (8,))]
+    out = str(tmp_path / "state.pt")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), name, zs, ys, out), nprocs=2, join=True)
+    ddp_state = torch.load(out)
+    pos = neg = 0
+    for z, y in zip(zs, ys):
+        part = build_loss(name, COUNTS)
+        _step(part, z, y)
+        pos, neg = pos + part.pos_grad, neg + part.neg_grad
+    assert torch.allclose(ddp_state["pos_grad"], pos) and torch.allclose(ddp_state["neg_grad"], neg)
+    assert torch.allclose(ddp_state["g"], torch.clamp(pos / (neg + 1e-10), 0, 1))
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_construction_errors():
+    with pytest.raises(ValueError, match=r"unknown loss: name='nope'.*cb_focal.*softmax_eql_v2"):
+        build_loss("nope", COUNTS)
+    with pytest.raises(ValueError, match="class_counts"):
+        build_loss("ce", [])
+    with pytest.raises(ValueError, match=r"class_counts\[1\]=0"):
+        build_loss("ce", [5, 0, 3])
+    with pytest.raises(ValueError, match=r"class_counts\[2\]=-3"):
+        build_loss("ce", torch.tensor([5, 1, -3]))
+    with pytest.raises(ValueError, match="1-D"):
+        build_loss("ce", [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="at least 2"):
+        build_loss("ce", [7])
+    for beta in (1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"beta must be .*\[0.0, 1.0\).*beta="):
+            build_loss("cb_focal", COUNTS, beta=beta)
+    with pytest.raises(ValueError, match=r"beta"):
+        class_balanced_weights(COUNTS, 1.0)
+    for name in ("focal", "sigmoid_focal", "cb_focal", "sigmoid_eql"):
+        with pytest.raises(ValueError, match=r"gamma must be in \[0.0, inf\].*gamma=-1"):
+            build_loss(name, COUNTS, gamma=-1)
+    for alpha in (1.5, -0.5, -2):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\] or -1.*alpha="):
+            build_loss("sigmoid_focal", COUNTS, alpha=alpha)
+        with pytest.raises(ValueError, match="alpha"):
+            build_loss("efl", COUNTS, alpha=alpha)
+    with pytest.raises(ValueError, match="power"):
+        build_loss("balanced_ce", COUNTS, power=-1)
+    with pytest.raises(ValueError, match="max_m"):
+        build_loss("ldam", COUNTS, max_m=0)
+    with pytest.raises(ValueError, match=r"\bs must"):
+        build_loss("ldam", COUNTS, s=-30)
+    with pytest.raises(ValueError, match="gamma_b"):
+        build_loss("efl", COUNTS, gamma_b=0)
+    with pytest.raises(ValueError, match="tau"):
+        build_loss("softmax_eql", COUNTS, tau=-1)
+    with pytest.raises(ValueError, match=r"unknown hyper-parameter.*'gama'.*valid: gamma"):
+        build_loss("focal", COUNTS, gama=2)
+    with pytest.raises(ValueError, match=r"weight must have shape \[5\]"):
+        build_loss("ce", COUNTS, weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match="weight must be finite"):
+        build_loss("ldam", COUNTS).set_class_weight(torch.tensor([1.0, -1, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_errors(name):
+    loss = build_loss(name, COUNTS)
+    with pytest.raises(ValueError, match=r"logits have 4 classes.*class_counts has 5"):
+        loss(torch.randn(3, 4), y_([0, 1, 2]))
+    for bad in ([0, 5, 1], [-1, 0, 1]):
+        with pytest.raises(ValueError, match=r"targets must be in \[0, 4\]"):
+            loss(torch.randn(3, 5), y_(bad))
+    with pytest.raises(ValueError, match="integer"):
+        loss(torch.randn(3, 5), torch.zeros(3))
+    with pytest.raises(ValueError, match="N=3"):
+        loss(torch.randn(3, 5), y_([0, 1]))
+    with pytest.raises(ValueError, match="2-D"):
+        loss(torch.randn(3), y_([0, 1, 2]))
+    if loss.stateful:
+        assert torch.equal(loss.pos_grad, torch.zeros(5))
