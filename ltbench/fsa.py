@@ -58,7 +58,7 @@ __all__ = [
     "DEFAULT_TAU_S", "DEFAULT_TAU_G", "check_thresholds", "normalize_maps", "class_activation_maps",
     "Decomposition", "decompose", "split_head_tail", "confusion_scores", "confusing_classes",
     "mix_features", "extract_features", "AugmentedBatch", "FeatureAugmenter", "build_augmenter",
-    "load_phase1", "phase2_config", "FSATrainer", "train_fsa",
+    "load_phase1", "phase1_model", "phase2_config", "FSATrainer", "train_fsa",
 ]
 
 DEFAULT_TAU_S = 0.8
@@ -367,6 +367,16 @@ def load_phase1(phase1_dir: PathLike, map_location: Union[str, torch.device] = "
     if missing:
         raise ValueError(f"{path} is not a train() checkpoint (missing {missing})")
     return state
+
+
+def phase1_model(phase1_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, TrainConfig]:
+    """The Phase-I network of ``phase1_dir`` in eval mode on ``device``, and its TrainConfig
+    (for plots: CAMs of test images, the augmenter on its training data)."""
+    state = load_phase1(phase1_dir)
+    cfg = TrainConfig.from_dict(state["config"])
+    model = build_model(cfg.model, int(state["num_classes"]), classifier=cfg.classifier)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg
 
 
 def _config_digest(config: Mapping[str, Any]) -> str:

@@ -153,8 +153,13 @@ class StageTwoConfig(TrainConfig):
     (``tau_norm`` only). ``stage1_config``: the stage-1 run's configuration as saved in its
     checkpoint (filled by :func:`stage_two_config`); when set, the checkpoint must still hold
     exactly that run. Data and model fields must equal the stage-1 run's (:data:`DATA_FIELDS`).
+    The defaults are cRT's recipe.
     """
 
+    # cRT's recipe (SPEC §6) as the defaults, so StageTwoConfig(stage1_dir=...) is cRT.
+    sampler: str = "class_balanced"
+    epochs: int = 30
+    schedule: str = "step_crt"
     stage1_dir: str = ""
     method: str = "crt"
     tau: float = 1.0

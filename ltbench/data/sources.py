@@ -103,8 +103,12 @@ def read_image_folder(folder: Path, image_size: Optional[int] = None) -> Split:
     key += f":{len(files)}:{stamp.hexdigest()}"
 
     def build() -> Split:
+        import warnings
+
         from tqdm.auto import tqdm
 
+        # torchvision 0.29 deprecates its image decoders in favour of torchcodec, once per call.
+        warnings.filterwarnings("ignore", message=".*image decoding and encoding.*", category=DeprecationWarning)
         out = []
         for f in tqdm(files, desc=f"decoding {folder.name}", leave=False, mininterval=2.0, disable=len(files) < 2000):
             img = decode_image(read_file(str(f)), mode=ImageReadMode.RGB)
@@ -212,15 +216,17 @@ def _synthetic(
     """A learnable toy set for tests: each class has its own colour and stripe orientation plus noise."""
     n = n_train_per_class if train else n_test_per_class
     g = torch.Generator().manual_seed(seed * 7919 + (0 if train else 1))
-    palette = torch.rand(num_classes, 3, 1, 1, generator=torch.Generator().manual_seed(seed))
+    # evenly spaced hues, so classes are separable by colour alone
+    hue = torch.arange(num_classes, dtype=torch.float32)[:, None] / num_classes - torch.tensor([0.0, 1 / 3, 2 / 3])
+    palette = (0.5 + 0.5 * torch.cos(2 * torch.pi * hue)).view(num_classes, 3, 1, 1)
     yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
     imgs, labels = [], []
     for c in range(num_classes):
         angle = torch.tensor(3.14159 * c / num_classes)
         stripes = (torch.sin((xx * torch.cos(angle) + yy * torch.sin(angle)) * 0.8) + 1) / 2
         base = 0.5 * palette[c] + 0.5 * stripes[None]
-        noise = torch.rand(n, 3, image_size, image_size, generator=g) * 0.6
-        imgs.append(((0.7 * base[None] + noise * 0.5).clamp(0, 1) * 255).to(torch.uint8))
+        noise = torch.rand(n, 3, image_size, image_size, generator=g)
+        imgs.append(((0.8 * base[None] + 0.2 * noise).clamp(0, 1) * 255).to(torch.uint8))
         labels += [c] * n
     # Interleave classes so the "official order" is not sorted by class, like real datasets.
     images, targets = torch.cat(imgs), torch.tensor(labels)
