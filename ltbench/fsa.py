@@ -357,7 +357,7 @@ def build_augmenter(
 
 
 def load_phase1(phase1_dir: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """The Phase-I ``checkpoint.pt`` of a :func:`ltbench.engine.train` folder (config, model, counts)."""
+    """The Phase-I ``checkpoint.pt`` of a finished :func:`ltbench.engine.train` run (config, model, counts)."""
     path = Path(phase1_dir) / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no Phase-I checkpoint at {path}: pass the folder of a finished train() run "
@@ -366,6 +366,9 @@ def load_phase1(phase1_dir: PathLike, map_location: Union[str, torch.device] = "
     missing = [k for k in ("config", "model", "num_classes", "counts") if k not in state]
     if missing:
         raise ValueError(f"{path} is not a train() checkpoint (missing {missing})")
+    if "epoch" in state and state["epoch"] != state["config"].get("epochs"):
+        raise ValueError(f"Phase-I run {phase1_dir} is unfinished (epoch {state['epoch']} of "
+                         f"{state['config'].get('epochs')}); finish it with train(cfg, phase1_dir) first")
     return state
 
 

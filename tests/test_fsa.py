@@ -214,5 +214,10 @@ def test_mismatched_phase1_checkpoint_is_rejected_before_training(phase1_dir, tm
         FSATrainer(phase2_config(p1, iterations=2, imbalance_ratio=5), phase1_dir, progress=False)
     with pytest.raises(FileNotFoundError, match="Phase-I"):
         FSATrainer(phase2_config(p1, iterations=2), tmp_path / "nothing", progress=False)
+    unfinished = dict(load_phase1(phase1_dir), epoch=1)
+    (tmp_path / "unfinished").mkdir()
+    torch.save(unfinished, tmp_path / "unfinished" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="unfinished"):
+        FSATrainer(phase2_config(p1, iterations=2), tmp_path / "unfinished", progress=False)
     with pytest.raises(ValueError, match="tau"):
         FSATrainer(phase2_config(p1, iterations=2), phase1_dir, tau_s=0.1, tau_g=0.3, progress=False)
