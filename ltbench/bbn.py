@@ -21,7 +21,9 @@ Inference: both branches on the same image, ``z = fc([f_c, f_r])`` (alpha 0.5 wi
 
 Per-branch prediction (for per-class analysis): the conventional branch alone is the training
 logit at ``alpha = 1``, ``fc(2 * [f_c, 0])``; the re-balancing branch alone is ``alpha = 0``,
-``fc(2 * [0, f_r])`` (both keep the classifier bias).
+``fc(2 * [0, f_r])`` (both keep the classifier bias). :meth:`BBNTrainer.fit` records the three
+on the test set in ``extras["branches"]`` (read back with :func:`load_branches`);
+``BBNTrainer.from_checkpoint(out_dir).evaluate_branches()`` recomputes them.
 
 Configuration lives in :class:`BBNConfig` (a :class:`~ltbench.config.TrainConfig` with three more
 fields, so that everything that determines a BBN run is in ``metrics.json`` and in the
@@ -319,9 +321,11 @@ class BBNConfig(TrainConfig):
     bbn_adaptor: str = "parabolic_decay"
 
     @classmethod
-    def from_train_config(cls, cfg: TrainConfig, **bbn_options: Any) -> "BBNConfig":
-        """A BBNConfig with every field of ``cfg`` and the given ``bbn_*`` options (and other overrides)."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}).replace(**bbn_options)
+    def from_train_config(cls, cfg: TrainConfig, **options: Any) -> "BBNConfig":
+        """A BBNConfig with every field of ``cfg``, BBN's lr variant (``schedule="step_bbn"``, SPEC §7)
+        unless ``options`` name another schedule, and the given ``bbn_*`` options / other overrides."""
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+        return cls(**fields).replace(**{"schedule": "step_bbn", **options})
 
     def validate(self) -> "BBNConfig":
         super().validate()

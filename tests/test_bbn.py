@@ -128,9 +128,10 @@ def test_other_bad_configs():
 
 def test_from_train_config_keeps_fields():
     base = TrainConfig(**{**DATA, "epochs": 3, "warmup_epochs": 1})
-    cfg = BBNConfig.from_train_config(base, bbn_adaptor="cosine_decay", schedule="step_bbn")
+    cfg = BBNConfig.from_train_config(base, bbn_adaptor="cosine_decay")
     assert cfg.epochs == 3 and cfg.dataset == "synthetic" and cfg.bbn_adaptor == "cosine_decay"
-    assert cfg.bbn_sampler == "reversed"
+    assert cfg.bbn_sampler == "reversed" and cfg.schedule == "step_bbn"  # SPEC §7: BBN's lr variant
+    assert BBNConfig.from_train_config(base, schedule="cosine").schedule == "cosine"
 
 
 # --------------------------------------------------------------------------------- network

@@ -135,4 +135,4 @@ def test_real_cifar10_lt_subset_and_fast_reload():
     assert d.train_indices.tolist() == _reference_selection(full.targets.tolist(), d.counts, 0)
     t = time.perf_counter()
     load_split("cifar10", True, root); load_split("cifar10", False, root)
-    assert time.perf_counter() - t < 1.0
+    assert time.perf_counter() - t < 3.0  # ~0.5 s on a quiet 2-core machine; decoding takes ~17 s

@@ -89,7 +89,7 @@ def test_lr_schedules_closed_form():
 ])
 def test_bad_config_fails_before_training(field, value, match):
     with pytest.raises(ValueError, match=match):
-        train(_cfg(epochs=2, **{field: value}), None, progress=False)
+        train(_cfg(**{"epochs": 2, field: value}), None, progress=False)
 
 
 def test_checkpoint_from_other_config_is_refused(tmp_path):
