@@ -32,6 +32,7 @@ in ``metrics.json``. Build one with :func:`stage_two_config` and run it with
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -218,7 +219,7 @@ def stage_two_config(stage1_dir: str | os.PathLike, method: str = "crt", **overr
     state = load_stage1_checkpoint(stage1_dir)
     s1 = dict(state["config"])
     base = {f.name: s1[f.name] for f in dataclasses.fields(TrainConfig) if f.name in s1}
-    base.update(classifier="linear", **m.defaults)
+    base.update(classifier="linear", **copy.deepcopy(m.defaults))
     if "epochs" in overrides and "warmup_epochs" not in overrides and m.defaults.get("warmup_epochs"):
         overrides["warmup_epochs"] = min(overrides["epochs"],
                                          round(m.defaults["warmup_epochs"] * overrides["epochs"] / m.defaults["epochs"]))
