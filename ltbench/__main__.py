@@ -43,6 +43,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="validate and show what would run, execute nothing")
     run.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    run.add_argument("--backend", default="local", metavar="NAME",
+                     help="where notebooks execute: local (this process, default) or submitit (one job per "
+                     "notebook: a SLURM job array, or local processes without SLURM); see ltbench/submit.py")
+    sub_opts = run.add_argument_group("submitit backend options (with --backend submitit)")
+    sub_opts.add_argument("--cluster", metavar="{auto,slurm,local}",
+                          help="auto (default: slurm where srun exists, else local), slurm or local")
+    sub_opts.add_argument("--partition", metavar="P", help="SLURM partition")
+    sub_opts.add_argument("--gpus-per-job", type=int, metavar="N",
+                          help="GPUs per job (default: 1 on SLURM, every visible GPU locally)")
+    sub_opts.add_argument("--time-min", type=int, metavar="M", help="time limit per job in minutes (default 240)")
+    sub_opts.add_argument("--cpus-per-job", type=int, metavar="C", help="CPU cores per job")
+    sub_opts.add_argument("--mem-gb", type=float, metavar="G", help="memory per job in GB")
+    sub_opts.add_argument("--array-parallelism", type=int, metavar="K",
+                          help="jobs running at once (SLURM array limit; local default 1)")
 
     rep = sub.add_parser("report", help="collect metrics.json files into summary.csv, "
                          "README.md and figures/")
@@ -54,15 +68,27 @@ def _build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: ``--flag`` -> option of the submitit backend (ltbench.submit.SubmititOptions).
+_SUBMITIT_FLAGS = {"cluster": "cluster", "partition": "partition", "gpus_per_job": "gpus_per_job",
+                   "time_min": "time_min", "cpus_per_job": "cpus_per_job", "mem_gb": "mem_gb",
+                   "array_parallelism": "array_parallelism"}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ltbench import runner
 
+    backend_options = {opt: getattr(args, flag) for flag, opt in _SUBMITIT_FLAGS.items()
+                       if getattr(args, flag) is not None}
     try:
-        statuses = runner.run_notebooks(
+        if backend_options and args.backend != "submitit":
+            flags = ", ".join("--" + f.replace("_", "-") for f in backend_options)
+            raise runner.ConfigError(f"only with --backend submitit: {flags} (got --backend {args.backend})")
+        statuses = runner.run_batch(
+            args.backend,
             profile=args.profile, only=args.only, seeds=args.seeds, force=args.force,
             results_dir=args.results, notebooks_dir=args.notebooks,
             overrides=runner.parse_assignments(args.param), kernel_name=args.kernel,
-            progress=not args.no_progress, dry_run=args.dry_run,
+            progress=not args.no_progress, dry_run=args.dry_run, **backend_options,
         )
     except runner.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

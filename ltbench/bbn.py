@@ -407,7 +407,7 @@ class BBNTrainer(Trainer):
 
     def epoch_batches(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Pairs ``(idx_c, idx_r)`` of index tensors on the device, one batch from each sampler."""
-        bs = self.cfg.batch_size
+        bs = self.local_batch_size
         idx_c = self.samplers["conventional"].indices(epoch, device=self.device)
         idx_r = self.samplers["rebalancing"].indices(epoch, device=self.device)
         n = min(len(idx_c), len(idx_r))

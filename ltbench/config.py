@@ -64,7 +64,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise a ValueError naming the parameter, the value and what is valid, before any work."""
-        from .data import SOURCES
+        from .data import LARGE_DATASETS, SOURCES
         from .losses import LOSSES
         from .models import CLASSIFIERS, MODELS
         from .samplers import SAMPLERS
@@ -74,7 +74,10 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be {valid}")
 
-        SOURCES.get(self.dataset)
+        if self.dataset not in SOURCES and self.dataset not in LARGE_DATASETS:
+            raise ValueError(f"unknown dataset: dataset={self.dataset!r}; valid dataset names: "
+                             f"{', '.join(SOURCES.names())} (in memory), {', '.join(LARGE_DATASETS.names())} "
+                             "(streamed from disk by python -m ltbench.train)")
         need(isinstance(self.imbalance_ratio, (int, float)) and self.imbalance_ratio >= 1, "imbalance_ratio", "a number >= 1")
         need(self.lt_profile in ("exp", "step"), "lt_profile", "'exp' or 'step'")
         need(self.n_max is None or (isinstance(self.n_max, int) and self.n_max >= 1), "n_max", "None or a positive int")

@@ -6,6 +6,11 @@ step, evaluates every ``eval_every`` epochs and checkpoints every ``checkpoint_e
 exact resume. Methods that need a different step (BBN, classifier re-training, FSA, OHEM)
 subclass it and override :meth:`Trainer.training_step` / :meth:`Trainer.predict`.
 
+Multi-process training (torchrun + DistributedDataParallel) and datasets streamed from disk
+plug in through four hooks that are no-ops here (:meth:`Trainer.build_dataset`,
+:meth:`Trainer.wrap_model`, :meth:`Trainer.augment_generator`, ``world_size``); see
+:mod:`ltbench.train`.
+
 ``train(cfg, out_dir)`` is the entry point the notebooks call: it skips a run whose
 ``metrics.json`` already exists for the same configuration and resumes an interrupted one.
 """
@@ -27,6 +32,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import DeviceDataset, LongTailedData, build_long_tailed
+from . import runcache
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .losses import build_loss, class_balanced_weights
 from .metrics import confusion_matrix, expected_calibration_error, per_class_accuracy, shot_accuracy
@@ -175,7 +181,7 @@ class TrainResult:
             keys = lines[0].split(",")
             for line in lines[1:]:
                 history.append({k: (float(v) if v != "" else None) for k, v in zip(keys, line.split(","))})
-        meta = {k: m[k] for k in ("notebook", "paper", "table", "method", "published_method", "profile") if k in m}
+        meta = {k: m[k] for k in runcache.META_KEYS if k in m}
         extras_file = Path(out_dir) / EXTRAS_FILE
         extras = json.loads(extras_file.read_text()) if extras_file.exists() else {}
         return cls(m["config"], m["counts"], m["classes"], last, m["top1_best"], m["best_epoch"], history,
@@ -185,6 +191,9 @@ class TrainResult:
 class Trainer:
     """Trains ``cfg`` on device-resident data. Subclass and override the hooks for other methods."""
 
+    #: Processes sharing one step (DDP); ``cfg.batch_size`` is the global batch of all of them.
+    world_size: int = 1
+
     def __init__(self, cfg: TrainConfig, data: Optional[LongTailedData] = None, progress: bool = True) -> None:
         self.cfg = cfg.validate()
         self.device = resolve_device(cfg.device)
@@ -193,8 +202,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.channels_last = cfg.channels_last and cuda
         self.amp_dtype = torch.bfloat16 if (cfg.amp and cuda) else None
-        self.train_set = _device_dataset(self.data, "train", self.device, self.channels_last)
-        self.test_set = _device_dataset(self.data, "test", self.device, self.channels_last)
+        self.train_set = self.build_dataset("train")
+        self.test_set = self.build_dataset("test")
         self.counts = list(self.data.counts)
         self.num_classes = len(self.counts)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -206,7 +215,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self.build_optimizer()
         self.samplers = self.build_samplers()
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.wrap_model(self.model)
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
         self.best_top1, self.best_epoch = -1.0, -1
@@ -215,6 +224,21 @@ class Trainer:
         self.extras: Dict[str, Any] = {}
 
     # -- construction hooks -------------------------------------------------------------------
+    def build_dataset(self, split: str) -> Any:
+        """The ``"train"`` / ``"test"`` split as the engine uses it (``batch``, ``iterate``, ``targets``):
+        device-resident here; streamed from disk by :mod:`ltbench.train` for large datasets."""
+        return _device_dataset(self.data, split, self.device, self.channels_last)
+
+    def wrap_model(self, model: nn.Module) -> Any:
+        """The callable that training steps run (``self.forward``): the model, compiled if asked;
+        :mod:`ltbench.train` wraps it in DistributedDataParallel."""
+        return torch.compile(model) if self.cfg.compile else model
+
+    @property
+    def local_batch_size(self) -> int:
+        """Batch of this process: ``cfg.batch_size`` (the global batch) / ``world_size``."""
+        return self.cfg.batch_size // self.world_size
+
     def build_loss(self) -> nn.Module:
         return build_loss(self.cfg.loss, self.counts, **self.cfg.loss_params)
 
@@ -272,9 +296,13 @@ class Trainer:
     def epoch_batches(self, epoch: int) -> Iterator[Any]:
         """Index tensors (on the device) of this epoch's batches."""
         idx = self.current_sampler(epoch).indices(epoch, device=self.device)
-        bs = self.cfg.batch_size
+        bs = self.local_batch_size
         n = (len(idx) // bs) * bs if self.cfg.drop_last else len(idx)
         return iter(idx[:n].split(bs))
+
+    def augment_generator(self, epoch: int) -> torch.Generator:
+        """The generator of this epoch's batched augmentation (crop offsets, flips)."""
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, epoch, "augment"))
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -314,7 +342,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         self.model.train()
         self.on_epoch_start(epoch)
-        gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, epoch, "augment"))
+        gen = self.augment_generator(epoch)
         loss_sum = torch.zeros((), device=self.device)
         steps = 0
         for batch in self.epoch_batches(epoch):
@@ -403,24 +431,35 @@ def train(
     A run whose ``metrics.json`` exists with the same configuration is loaded, not retrained
     (unless ``force``); an interrupted run resumes from ``checkpoint.pt``. ``meta`` (paper,
     table, method, published_method, notebook, profile, ...) is recorded in ``metrics.json``.
+    With ``$LTBENCH_RUN_INDEX`` set (the runner sets it), a run that another notebook already
+    finished with the same configuration and trainer is copied, not retrained (:mod:`ltbench.runcache`).
     """
     cfg.validate()
     meta = dict(meta or {})
     if out_dir is not None:
+        key = runcache.run_key(cfg.to_dict(), trainer_cls, trainer_kwargs)
         metrics = Path(out_dir) / METRICS_FILE
         if metrics.exists() and not force:
             try:
                 done = TrainResult.load(out_dir)
                 if done.config == cfg.to_dict():
+                    runcache.record(key, out_dir)
                     return done
             except (KeyError, ValueError, json.JSONDecodeError):
                 pass  # an unreadable result is recomputed
         if force:
             for f in (metrics, Path(out_dir) / CHECKPOINT_FILE):
                 f.unlink(missing_ok=True)
+        shared = None if force else runcache.lookup(key, exclude=Path(out_dir))
+        if shared is not None:
+            runcache.adopt(shared, out_dir, meta)
+            done = TrainResult.load(out_dir)
+            if done.config == cfg.to_dict():
+                return done
     trainer = trainer_cls(cfg, progress=progress, **trainer_kwargs)
     result = trainer.fit(out_dir)
     result.meta = meta
     if out_dir is not None:
         result.save(out_dir)
+        runcache.record(key, out_dir)
     return result

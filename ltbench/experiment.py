@@ -47,10 +47,16 @@ def base_config(
 ) -> TrainConfig:
     """SPEC §2's recipe for ``dataset``-LT at ``imbalance_ratio`` with a notebook's common parameters.
 
-    Short schedules (``epochs < 200``) keep the recipe's shape: warm-up is capped at a tenth of
-    the epochs and the step milestones scale with the length (see :mod:`ltbench.schedules`).
+    Short schedules (``epochs < 200``) keep the recipe's shape: warm-up is a tenth of the epochs
+    (at least 1, at most SPEC's 5) and the step milestones scale with the length (see
+    :mod:`ltbench.schedules`). Unless ``lr`` is given, the base lr follows the linear scaling
+    rule from SPEC's 0.1 at batch 128: ``lr = 0.1 * batch_size / 128`` (Goyal et al. 2017), so a
+    smaller CPU batch keeps the recipe's lr per sample.
     """
-    warmup = min(5, max(0, epochs // 10))
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
+    warmup = min(5, max(1, epochs // 10))
+    overrides.setdefault("lr", 0.1 * batch_size / 128)
     data_options: Dict[str, Any] = {}
     if dataset == "synthetic":
         data_options = {"n_train_per_class": n_max or 100, "n_test_per_class": test_per_class or 20}
@@ -59,8 +65,12 @@ def base_config(
                   warmup_epochs=warmup, data_options=data_options,
                   checkpoint_every=max(1, min(10, epochs)))
     for key in ("drw_epoch", "drs_epoch"):  # given as a fraction of training (0.8 = SPEC's epoch 160 of 200)
-        if isinstance(overrides.get(key), float):
-            overrides[key] = int(round(overrides[key] * epochs))
+        frac = overrides.get(key)
+        if isinstance(frac, float):
+            if not 0.0 <= frac < 1.0:
+                raise ValueError(f"{key}={frac!r}: a fraction of training must be in [0, 1) (0.8 = epoch 160 of 200)")
+            # Kept inside the run so that a very short schedule still has its re-balanced last epoch.
+            overrides[key] = min(int(round(frac * epochs)), epochs - 1)
     fields.update(overrides)
     return TrainConfig(**fields).validate()
 

@@ -43,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ltbench import runcache
 from ltbench.io import atomic_write_json
 from ltbench.profiles import DEFAULT_PROFILE, PROFILES, check_profile, resolve_overrides
+from ltbench.registry import Registry
 
 MARKER = "completed.json"
 LOG = "run.log"
@@ -550,6 +552,11 @@ def run_notebooks(
     if warning:
         say(warning, file=sys.stderr)
 
+    # Notebooks of one profile share identical finished runs (CE baselines, ...): see ltbench.runcache.
+    # Set for this batch only (the kernels inherit it), unless the caller chose an index already.
+    index_was = os.environ.get(runcache.ENV_VAR)
+    if index_was is None:
+        os.environ[runcache.ENV_VAR] = str((Path(results_dir) / profile / ".run_index").resolve())
     statuses: List[RunStatus] = []
     try:
         for i, plan in enumerate(plans, 1):
@@ -579,6 +586,9 @@ def run_notebooks(
                                           None, plan.parameters, "interrupted"))
         say(format_summary(statuses))
         raise
+    finally:
+        if index_was is None:
+            os.environ.pop(runcache.ENV_VAR, None)
     say(format_summary(statuses))
     return statuses
 
@@ -603,3 +613,30 @@ def format_summary(statuses: Sequence[RunStatus]) -> str:
 def exit_code(statuses: Sequence[RunStatus]) -> int:
     """0 if every notebook succeeded or was skipped, else 1."""
     return 0 if all(s.succeeded for s in statuses) else 1
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: where the notebooks execute (``--backend``)
+
+
+def _submitit_backend(*args: Any, **kwargs: Any) -> List[RunStatus]:
+    """One submitit job per notebook: a SLURM job array, or local processes (:mod:`ltbench.submit`)."""
+    from ltbench.submit import run_notebooks_submitit
+
+    return run_notebooks_submitit(*args, **kwargs)
+
+
+#: ``--backend`` name -> batch function with :func:`run_notebooks`' arguments (plus its own options).
+BACKENDS: Registry = Registry("backend", "backend")
+BACKENDS.register("local")(run_notebooks)
+BACKENDS.register("submitit")(_submitit_backend)
+
+
+def run_batch(backend: str = "local", *args: Any, **kwargs: Any) -> List[RunStatus]:
+    """:func:`run_notebooks` on ``backend`` (``local``: this process; ``submitit``: jobs); same
+    skip-completed / resume / failure-summary behaviour and results layout on every backend."""
+    try:
+        run = BACKENDS.get(backend)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return run(*args, **kwargs)

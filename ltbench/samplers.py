@@ -8,7 +8,13 @@ Sharding (SPEC §5, DDP): rank ``r`` of ``world_size`` takes ``global[r::world_s
 of all ranks, interleaved, are exactly the single-process draw. No padding is added (unlike
 ``torch.utils.data.DistributedSampler``), so when ``num_samples % world_size != 0`` the first
 ``num_samples % world_size`` ranks get one sample more; pick a divisible ``num_samples`` (or drop
-the last partial batch) if equal per-rank step counts are needed.
+the last partial batch) if equal per-rank step counts are needed. :meth:`LTSampler.shard` with
+``even=True`` (what the DDP entry point :mod:`ltbench.train` uses) drops the last
+``num_samples % world_size`` positions of the global draw instead, so every rank runs the same
+number of steps and the shards together are a prefix of the single-process draw.
+
+With a normal ``DataLoader`` (large datasets streamed from disk, :mod:`ltbench.data.large`), wrap
+a sampler and an epoch in :class:`EpochSampler`: it yields this rank's shard of that epoch.
 
 Class-level samplers (``class_balanced``, ``square_root``, ``progressive``, ``reversed``) draw a
 class ``c`` with probability ``P_c`` (``torch.multinomial``, with replacement), then a sample of
@@ -35,6 +41,7 @@ __all__ = [
     "SquareRootSampler",
     "ProgressiveSampler",
     "ReversedSampler",
+    "EpochSampler",
 ]
 
 SAMPLERS: Registry["LTSampler"] = Registry("sampler", "sampler")
@@ -131,8 +138,34 @@ class LTSampler(Sampler[int]):
                     f"num_classes must be > every label"
                 )
         self.class_counts = torch.bincount(self.labels, minlength=self.num_classes)  # n_c
+        self.even_shards = False
         self.epoch = 0
         self._cache: Optional[tuple[int, torch.Tensor]] = None  # (epoch, global draw)
+
+    # -- sharding (DDP) -------------------------------------------------------------------
+    def shard(self, rank: int, world_size: int, even: bool = True) -> "LTSampler":
+        """Make this sampler rank ``rank`` of ``world_size`` (SPEC §5, DDP); returns ``self``.
+
+        The global draw does not change: rank ``r`` takes ``global[r::world_size]``. With
+        ``even`` every shard is cut to ``num_samples // world_size`` samples (the last
+        ``num_samples % world_size`` positions of the global draw are dropped), so that all ranks
+        run the same number of steps, which DistributedDataParallel needs.
+        """
+        world_size = _check_int("world_size", world_size, 1)
+        rank = _check_int("rank", rank)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) = [0, {world_size}), got rank={rank}")
+        if even and self.num_samples < world_size:
+            raise ValueError(f"num_samples={self.num_samples} is smaller than world_size={world_size}: "
+                             "some ranks would get no sample")
+        self.rank, self.world_size, self.even_shards = rank, world_size, bool(even)
+        return self
+
+    def _shard_length(self) -> int:
+        if self.even_shards:
+            return self.num_samples // self.world_size
+        # len(range(rank, num_samples, world_size)) without building it.
+        return max(0, -(-(self.num_samples - self.rank) // self.world_size))
 
     # -- epoch handling -------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -168,13 +201,15 @@ class LTSampler(Sampler[int]):
 
     def indices(self, epoch: Optional[int] = None, device: DeviceLike = None) -> torch.Tensor:
         """This rank's shard ``global[rank::world_size]`` of ``epoch`` (default: the current
-        epoch) as an int64 tensor on ``device`` (default CPU)."""
+        epoch) as an int64 tensor on ``device`` (default CPU); cut to equal length across ranks
+        after :meth:`shard` with ``even=True``."""
         shard = self._global(epoch)[self.rank :: self.world_size]
+        if self.even_shards:
+            shard = shard[: self._shard_length()]
         return shard.to(device, copy=True) if device is not None else shard.clone()
 
     def __len__(self) -> int:
-        # len(range(rank, num_samples, world_size)) without building it.
-        return max(0, -(-(self.num_samples - self.rank) // self.world_size))
+        return self._shard_length()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -307,6 +342,37 @@ class ReversedSampler(ClassLevelSampler):
         counts = self.class_counts.to(torch.float64)
         w = counts.max() / counts
         return w / w.sum()
+
+
+class EpochSampler(Sampler[int]):
+    """``torch.utils.data.Sampler`` view of one epoch of an :class:`LTSampler`, for a normal
+    ``DataLoader`` (large datasets streamed from disk, SPEC §5).
+
+    Yields ``sampler.indices(epoch)``: this rank's shard (``rank``/``world_size`` of the wrapped
+    sampler) of the deterministic global draw of ``epoch``, so class-level sampling works
+    unchanged with a ``DataLoader`` and its worker processes::
+
+        loader = DataLoader(dataset, batch_size=64, sampler=EpochSampler(sampler, epoch), num_workers=8)
+
+    Unlike ``set_epoch`` on the wrapped sampler, the epoch is fixed here: build one per epoch (it
+    costs nothing until iterated; the draw is cached per epoch by the wrapped sampler).
+    """
+
+    def __init__(self, sampler: LTSampler, epoch: int) -> None:
+        super().__init__()
+        if not isinstance(sampler, LTSampler):
+            raise ValueError(f"sampler must be an LTSampler (build one with build_sampler), got {type(sampler).__name__}")
+        self.sampler = sampler
+        self.epoch = _check_int("epoch", epoch, 0)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.sampler.indices(self.epoch).tolist())
+
+    def __repr__(self) -> str:
+        return f"EpochSampler({self.sampler!r}, epoch={self.epoch})"
 
 
 def build_sampler(name: str, labels: LabelsLike, seed: int = 0, **options: Any) -> LTSampler:

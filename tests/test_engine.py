@@ -79,7 +79,8 @@ def test_lr_schedules_closed_form():
     assert cb[0] == pytest.approx(0.02) and cb[4] == pytest.approx(0.1) and cb[159] == 0.1
     assert cb[160] == pytest.approx(1e-3) and cb[180] == pytest.approx(1e-5)
     bbn = [learning_rate("step_bbn", e - 1, 200, 0.1) for e in range(1, 201)]
-    assert bbn[0] == pytest.approx(0.1 / 3) and bbn[5] == 0.1 and bbn[120] == pytest.approx(1e-3) and bbn[160] == pytest.approx(1e-5)
+    assert bbn[0] == pytest.approx(0.1 * (1 / 3 * 0.8 + 0.2)) and bbn[4] == 0.1 and bbn[118] == 0.1
+    assert bbn[119] == pytest.approx(1e-3) and bbn[159] == pytest.approx(1e-5)  # from epochs 120 and 160
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -613,3 +613,258 @@ def test_forward_errors(name):
         loss(torch.randn(3), y_([0, 1, 2]))
     if loss.stateful:
         assert torch.equal(loss.pos_grad, torch.zeros(5))
+
+
+# ----------------------------------------------------------------------------- fused sigmoid family
+# The sigmoid-family losses run through one fused autograd function (ltbench/losses/_fused.py).
+# These compare it with SPEC §4's formulas written out literally (one-hot Y, autograd).
+
+from ltbench.losses import _fused  # noqa: E402
+
+FAMILY = [
+    ("sigmoid_ce", {}),
+    ("sigmoid_focal", {}),
+    ("sigmoid_focal", {"gamma": 2.0, "alpha": 0.25}),
+    ("sigmoid_focal", {"gamma": 0.5, "alpha": 0.75}),
+    ("sigmoid_focal", {"gamma": 3.0, "alpha": 1.0}),
+    ("sigmoid_focal", {"gamma": 0.0, "alpha": 0.0}),
+    ("cb_sigmoid", {"beta": 0.999}),
+    ("cb_focal", {"beta": 0.999}),
+    ("cb_focal", {"beta": 0.99, "gamma": 2.0}),
+    ("cb_focal", {"gamma": 0.3}),
+    ("sigmoid_eql", {}),
+    ("efl", {}),
+    ("efl", {"alpha": -1, "gamma_b": 1.5, "s_f": 4.0}),
+]
+FAMILY_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in h.items()) or 'default'}" for n, h in FAMILY]
+FAMILY_COUNTS = [400, 250, 120, 60, 30, 12, 5, 2]
+
+
+def _spec_sigmoid_family(loss, z, y):
+    """SPEC §4 literally, for ``loss``'s hyper-parameters and current state (float64)."""
+    N, C = z.shape
+    Y = F.one_hot(y, C).to(z.dtype)
+    zt = torch.where(Y.bool(), z, -z)  # p_t = sigmoid(z_t)
+    # BCE(z, Y) = -log p_t; autograd through logsigmoid keeps tiny gradients (-sigmoid(-z) of a
+    # positive) accurate, where BCE-with-logits' sigmoid(z) - 1 rounds them to 0 for z > 37.
+    nll = -F.logsigmoid(zt)
+    log_1m_pt = F.logsigmoid(-zt)
+    name = type(loss).__name__
+    if name == "SigmoidCrossEntropyLoss":
+        per = nll
+    elif name == "SigmoidFocalLoss":
+        per = torch.exp(loss.gamma * log_1m_pt) * nll
+        if loss.alpha >= 0:
+            per = (loss.alpha * Y + (1 - loss.alpha) * (1 - Y)) * per
+    elif name in ("ClassBalancedSigmoidLoss", "ClassBalancedFocalLoss"):
+        w = class_balanced_weights(loss.class_counts, loss.beta).to(z.dtype)
+        gamma = getattr(loss, "gamma", 0.0)
+        per = w[y, None] * torch.exp(gamma * log_1m_pt) * nll
+    elif name == "SigmoidEQLLoss":  # weights from the float32 statistics, as the loss does
+        q = torch.sigmoid(loss.gamma * (loss.ratio - loss.mu))
+        r, q = (1 + loss.alpha * (1 - q)).to(z.dtype), q.to(z.dtype)
+        per = (r * Y + q * (1 - Y)) * nll
+    elif name == "EqualizedFocalLoss":
+        gam = (loss.gamma_b + loss.s_f * (1 - loss.g)).to(z.dtype)
+        per = (gam / loss.gamma_b) * torch.exp(gam * log_1m_pt) * nll
+        if loss.alpha >= 0:
+            per = (loss.alpha * Y + (1 - loss.alpha) * (1 - Y)) * per
+    else:  # pragma: no cover
+        raise AssertionError(name)
+    return per.sum() / N
+
+
+def _family_inputs(C, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.cat([
+        torch.randn(24, C, generator=g, dtype=torch.float64),
+        torch.randn(24, C, generator=g, dtype=torch.float64) * 8,
+        torch.randn(24, C, generator=g, dtype=torch.float64) * 100,
+        torch.full((2, C), 100.0, dtype=torch.float64),
+        torch.full((2, C), -100.0, dtype=torch.float64),
+        torch.zeros(1, C, dtype=torch.float64),
+    ])
+    y = torch.randint(0, C, (z.shape[0],), generator=g)
+    return z.to(dtype), y
+
+
+def _build_primed(name, hp):
+    loss = build_loss(name, FAMILY_COUNTS, **hp)
+    if loss.stateful:  # non-trivial statistics, so that the weights are not all 1
+        C = len(FAMILY_COUNTS)
+        loss.pos_grad.copy_(torch.linspace(2.0, 0.05, C))
+        loss.neg_grad.copy_(torch.linspace(1.0, 9.0, C))
+        loss._refresh()
+    return loss.eval()  # eval: the comparison leaves the statistics unchanged
+
+
+@pytest.mark.parametrize("name,hp", FAMILY, ids=FAMILY_IDS)
+def test_fused_matches_spec_formula_float64(name, hp):
+    """Values and gradients equal SPEC's straightforward formula to float64 rounding, logits up
+    to +-100 included (tiny losses of well-classified entries are kept, not rounded to 0)."""
+    loss = _build_primed(name, hp)
+    z, y = _family_inputs(len(FAMILY_COUNTS), torch.float64)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours, ref = loss(za, y), _spec_sigmoid_family(loss, zb, y)
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0.0)
+    if name == "sigmoid_ce":
+        Y = F.one_hot(y, z.shape[1]).double()
+        bce = F.binary_cross_entropy_with_logits(z, Y, reduction="sum") / z.shape[0]
+        torch.testing.assert_close(ours.detach(), bce, rtol=1e-12, atol=0.0)
+    (g,), (g_ref,) = torch.autograd.grad(ours, za), torch.autograd.grad(ref, zb)
+    # entrywise relative accuracy, down to gradients of 1e-40 and below
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-280)
+    # a well-classified row: a loss of order exp(-100), computed, not flushed to 0
+    zc = torch.full((1, len(FAMILY_COUNTS)), -100.0, dtype=torch.float64)
+    zc[0, 3] = 100.0
+    yc = y_([3])
+    torch.testing.assert_close(loss(zc, yc), _spec_sigmoid_family(loss, zc, yc), rtol=1e-12, atol=0.0)
+    assert 0 < loss(zc, yc).item() < 1e-40
+
+
+@pytest.mark.parametrize("name,hp", FAMILY, ids=FAMILY_IDS)
+def test_fused_float32_close_to_float64(name, hp):
+    """The float32 path (CPU: log1p-free formulation) agrees with the float64 SPEC formula to
+    float32 accuracy, entry by entry, for logits up to +-100."""
+    loss = _build_primed(name, hp)
+    z64, y = _family_inputs(len(FAMILY_COUNTS), torch.float64, seed=1)
+    z32 = z64.float().requires_grad_()
+    z64 = z32.detach().double().requires_grad_()
+    ours, ref = loss(z32, y), _spec_sigmoid_family(loss, z64, y)
+    assert ours.dtype == torch.float32
+    assert math.isclose(ours.item(), ref.item(), rel_tol=2e-6)
+    (g,), (g_ref,) = torch.autograd.grad(ours, z32), torch.autograd.grad(ref, z64)
+    err = (g.double() - g_ref).abs()
+    assert bool((err <= 2e-6 * g_ref.abs() + 1e-7 * g_ref.abs().max()).all()), float(err.max())
+
+
+def test_logsigmoid_abs_accuracy():
+    """``log sigmoid(|x|)`` without ``log1p``: a few ulp everywhere (float32 and float64)."""
+    x = torch.cat([torch.linspace(-120, 120, 200_001), torch.randn(20_000) * 1e-3,
+                   t([0.0, 1e-30, -1e-30, 1e4, -1e4, 87.0, 89.0, -103.0])])
+    ref = -torch.log1p(torch.exp(-x.double().abs()))
+    out = _fused.logsigmoid_abs(x)
+    assert out.dtype == torch.float32 and bool((out <= 0).all())
+    ulp = torch.finfo(torch.float32).eps * ref.abs()
+    assert bool(((out.double() - ref).abs() <= 4 * ulp + 1e-38).all())  # flushed below normal range
+    out64 = _fused.logsigmoid_abs(x.double())
+    assert bool(((out64 - ref).abs() <= 8 * torch.finfo(torch.float64).eps * ref.abs()).all())
+
+
+@pytest.mark.parametrize("name,hp", FAMILY, ids=FAMILY_IDS)
+def test_fused_generic_path_matches_cpu_path(monkeypatch, name, hp):
+    """The accelerator formulation (fused logsigmoid, dense class sums), run here on CPU, gives
+    the CPU formulation's values, gradients and statistics."""
+    z, y = _family_inputs(len(FAMILY_COUNTS), torch.float32, seed=2)
+    results = []
+    for on_cpu in (True, False):
+        monkeypatch.setattr(_fused, "_on_cpu", lambda x, v=on_cpu: v)
+        loss = _build_primed(name, hp).train()
+        zz = z.clone().requires_grad_()
+        out = loss(zz, y)
+        (g,) = torch.autograd.grad(out, zz)
+        results.append((out, g, loss.statistics()))
+    (a, ga, sa), (b, gb, sb) = results
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7 * float(ga.abs().max()))
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize("name,hp", FAMILY, ids=FAMILY_IDS)
+def test_fused_upstream_gradient_and_retain_graph(name, hp):
+    """Any upstream gradient (the loss scaled, used twice as in BBN's mixing), and a second
+    backward pass through the same graph gives the same gradient (the saved one is not
+    modified)."""
+    loss = _build_primed(name, hp)
+    z, y = _family_inputs(len(FAMILY_COUNTS), torch.float64, seed=3)
+    y2 = torch.roll(y, 1)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours = 0.3 * loss(za, y) - 2.0 * loss(za, y2)
+    ref = 0.3 * _spec_sigmoid_family(loss, zb, y) - 2.0 * _spec_sigmoid_family(loss, zb, y2)
+    (g1,) = torch.autograd.grad(ours, za, retain_graph=True)
+    (g2,) = torch.autograd.grad(ours, za)
+    (g_ref,) = torch.autograd.grad(ref, zb)
+    assert torch.equal(g1, g2)
+    torch.testing.assert_close(g1, g_ref, rtol=1e-10, atol=1e-280)
+    out = loss(za, y)
+    (g1,) = torch.autograd.grad(out, za, retain_graph=True)  # upstream 1: the tensor handed over
+    expected = g1.clone()
+    g1.zero_()  # the caller owns it: changing it must not change the next backward pass
+    (g2,) = torch.autograd.grad(out, za, retain_graph=True)
+    (g3,) = torch.autograd.grad(out, za, grad_outputs=torch.tensor(2.0, dtype=za.dtype))
+    assert torch.equal(g2, expected) and torch.equal(g3, 2 * expected)
+
+
+def test_fused_statistics_under_scaled_upstream_gradient():
+    """EFL's statistics are the true gradient (they scale with the upstream gradient); EQL's are
+    SPEC's per-entry |dBCE/dz| W, independent of it (both match SPEC's formulas)."""
+    C = len(FAMILY_COUNTS)
+    z, y = _family_inputs(C, torch.float64, seed=4)
+    for name in ("efl", "sigmoid_eql"):
+        stats = []
+        for scale in (1.0, 3.0):
+            loss = _build_primed(name, {}).train()
+            before = loss.statistics()
+            zz = z.float().requires_grad_()
+            (scale * loss(zz, y)).backward()
+            stats.append({k: loss.statistics()[k] - before[k] for k in ("pos_grad", "neg_grad")})
+        factor = 3.0 if name == "efl" else 1.0
+        for k in ("pos_grad", "neg_grad"):
+            torch.testing.assert_close(stats[1][k], factor * stats[0][k], rtol=1e-5, atol=1e-6)
+    # EQL against SPEC's formula: G = |Y (s - 1) + (1 - Y) s|, pos += sum_i G Y W, ...
+    loss = _build_primed("sigmoid_eql", {}).train()
+    q = torch.sigmoid(loss.gamma * (loss.ratio.double() - loss.mu))
+    r = 1 + loss.alpha * (1 - q)
+    before = {k: v.double() for k, v in loss.statistics().items()}
+    zz = z.float().requires_grad_()
+    loss(zz, y).backward()
+    Y = F.one_hot(y, C).double()
+    s = torch.sigmoid(zz.detach().double())
+    W = r * Y + q * (1 - Y)
+    G = (Y * (s - 1) + (1 - Y) * s).abs()
+    after = loss.statistics()
+    for key, mask in (("pos_grad", Y), ("neg_grad", 1 - Y)):
+        added = after[key].double() - before[key]
+        torch.testing.assert_close(added, (G * mask * W).sum(0), rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_fused_non_contiguous_logits_and_no_grad():
+    z, y = _family_inputs(len(FAMILY_COUNTS), torch.float32, seed=5)
+    zt = z.t().contiguous().t()  # same values, column-major
+    for name, hp in FAMILY:
+        loss = _build_primed(name, hp)
+        a, b = z.clone().requires_grad_(), zt.clone().requires_grad_()
+        la, lb = loss(a, y), loss(b, y)
+        torch.testing.assert_close(la, lb, rtol=1e-6, atol=0.0)
+        (ga,), (gb,) = torch.autograd.grad(la, a), torch.autograd.grad(lb, b)
+        torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-12)
+        with torch.no_grad():
+            assert torch.equal(loss(z, y), la.detach())  # the same value without the gradient work
+
+
+def test_fused_scratch_buffers_never_escape():
+    """CPU temporaries are per-thread scratch buffers reused across calls: no result may alias
+    them (two graphs alive at once, shapes changing, the pool released in between)."""
+    za, ya = _family_inputs(len(FAMILY_COUNTS), torch.float32, seed=6)
+    zb, yb = za.flip(0) * 0.5, ya.flip(0)
+    for name, hp in FAMILY:
+        loss = _build_primed(name, hp)
+        ref = []
+        for z, y in ((za, ya), (zb, yb)):
+            zz = z.clone().requires_grad_()
+            out = loss(zz, y)
+            ref.append((out.detach().clone(), torch.autograd.grad(out, zz)[0].clone()))
+        a, b = za.clone().requires_grad_(), zb.clone().requires_grad_()
+        out_a = loss(a, ya)
+        out_b = loss(b, yb)  # both graphs alive, as in BBN's mixed loss
+        _fused.release_scratch()
+        loss(za[:7], ya[:7])  # another shape in between
+        (g_a,) = torch.autograd.grad(out_a, a)
+        lsa = _fused.logsigmoid_abs(za)
+        (g_b,) = torch.autograd.grad(out_b, b)
+        loss(zb, yb)  # reuses the scratch buffers once more
+        assert torch.equal(out_a, ref[0][0]) and torch.equal(g_a, ref[0][1]), name
+        assert torch.equal(out_b, ref[1][0]) and torch.equal(g_b, ref[1][1]), name
+        assert torch.equal(lsa, _fused.logsigmoid_abs(za))

@@ -71,20 +71,23 @@ def test_lr_table_step_cb_matches_spec():
     np.testing.assert_allclose(got, [spec_step_cb(e) for e in range(1, 201)], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="ltbench.schedules.step_bbn uses the 0-based epoch where SPEC §2 (and "
-                   "the released BBN code) use the 1-based one: it is one epoch late (epoch 1 gets 0.1/3 instead "
-                   "of 0.0467, epoch 5 is still warming up, the drops land at epochs 121 and 161)")
 def test_lr_table_step_bbn_matches_spec():
     got = [learning_rate("step_bbn", e - 1, 200, 0.1, 5) for e in range(1, 201)]
     np.testing.assert_allclose(got, [spec_step_bbn(e) for e in range(1, 201)], rtol=1e-12)
 
 
 def test_lr_table_step_bbn_shape():
-    """What holds for step_bbn whatever the epoch convention: the three levels and a 1/3 start."""
+    """The three levels, and a warm-up that starts near a third of the base lr (0.0467 at epoch 1)."""
     got = [learning_rate("step_bbn", t, 200, 0.1, 5) for t in range(200)]
-    assert got[0] == pytest.approx(0.1 / 3)
+    assert got[0] == pytest.approx(0.1 * (1 / 3 * 0.8 + 0.2)) and got[4] == 0.1
     assert sorted(set(np.round(got[10:], 12))) == [1e-5, 1e-3, 0.1]
     assert all(a <= b for a, b in zip(got[:6], got[1:6]))
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 8])
+def test_step_bbn_short_runs_do_not_start_decayed(total):
+    got = [learning_rate("step_bbn", t, total, 0.1, min(5, total // 10)) for t in range(total)]
+    assert got[0] == 0.1 and all(a >= b for a, b in zip(got, got[1:]))
 
 
 def test_lr_table_step_crt():
@@ -284,3 +287,31 @@ def test_unknown_method_and_inconsistent_recipe(stage1_dir):
         ClassifierTrainer(TrainConfig(**DATA, epochs=1, warmup_epochs=0), progress=False)
     with pytest.raises(ValueError, match="stage1_dir"):
         StageTwoConfig(**DATA).validate()
+
+
+@pytest.mark.parametrize("epochs,frac,expected", [(200, 0.8, 160), (10, 0.8, 8), (1, 0.8, 0), (2, 0.9, 1), (5, 0.0, 0)])
+def test_base_config_fractional_drw_epoch_stays_inside_the_run(epochs, frac, expected):
+    from ltbench.experiment import base_config
+    cfg = base_config("synthetic", 10, epochs=epochs, n_max=20, test_per_class=5, drw_epoch=frac)
+    assert cfg.drw_epoch == expected
+
+
+@pytest.mark.parametrize("frac", [1.0, -0.1, 1.5])
+def test_base_config_rejects_fraction_outside_unit_interval(frac):
+    from ltbench.experiment import base_config
+    with pytest.raises(ValueError, match=r"drs_epoch=.*\[0, 1\)"):
+        base_config("synthetic", 10, epochs=10, drs_epoch=frac)
+
+
+@pytest.mark.parametrize("epochs,batch,lr,warmup", [(200, 128, 0.1, 5), (8, 64, 0.05, 1), (1, 32, 0.025, 1), (30, 256, 0.2, 3)])
+def test_base_config_recipe_scales_lr_with_batch_and_warmup_with_length(epochs, batch, lr, warmup):
+    from ltbench.experiment import base_config
+    cfg = base_config("synthetic", 10, epochs=epochs, batch_size=batch)
+    assert cfg.lr == pytest.approx(lr) and cfg.warmup_epochs == warmup
+    assert base_config("synthetic", 10, epochs=epochs, batch_size=batch, lr=0.3).lr == 0.3  # explicit lr wins
+
+
+def test_base_config_rejects_bad_batch_size_before_anything():
+    from ltbench.experiment import base_config
+    with pytest.raises(ValueError, match=r"batch_size=0"):
+        base_config("synthetic", 10, batch_size=0)

@@ -1,4 +1,5 @@
-"""Long-tailed datasets: counts, the standard subset, image sources and the device-resident loader."""
+"""Long-tailed datasets: counts, the standard subset, image sources and the device-resident loader;
+large benchmarks (ImageNet-LT, Places-LT, iNaturalist) streamed from disk in :mod:`.large`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +8,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .counts import long_tailed_counts, long_tailed_indices
+from .large import LARGE_DATASETS, LargeLTData, LargeLTDataset, build_large_dataset
 from .loader import CIFAR_MEAN, CIFAR_STD, DeviceDataset
 from .sources import SOURCES, DataNotFoundError, Split, load_split, resolve_root
 
@@ -58,6 +60,10 @@ def build_long_tailed(
     value keeps the same profile at a smaller scale (used by the quick and smoke profiles).
     ``test_per_class`` keeps the first k test images of each class (default: the full test set).
     """
+    if dataset in LARGE_DATASETS:
+        raise ValueError(f"dataset={dataset!r} is streamed from disk and does not fit in memory: build it with "
+                         "ltbench.data.build_large_dataset and train it with python -m ltbench.train "
+                         "(ltbench.train.run)")
     if dataset not in SOURCES:
         SOURCES.get(dataset)  # raises the "unknown dataset" error listing valid names
     if not isinstance(imbalance_ratio, (int, float)) or not imbalance_ratio >= 1:
@@ -91,5 +97,5 @@ def build_long_tailed(
 __all__ = [
     "long_tailed_counts", "long_tailed_indices", "build_long_tailed", "LongTailedData", "load_split",
     "Split", "SOURCES", "DataNotFoundError", "DeviceDataset", "CIFAR_MEAN", "CIFAR_STD", "DEFAULT_N_MAX",
-    "resolve_root",
+    "resolve_root", "LARGE_DATASETS", "LargeLTData", "LargeLTDataset", "build_large_dataset",
 ]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import CountsLike, LossBase, check_real, one_hot
+from ._base import CountsLike, LossBase, check_real
+from ._fused import sigmoid_family_loss
 from ._registry import LOSSES
-from .sigmoid import focal_terms
 from .weights import class_balanced_weights
 
 __all__ = ["ClassBalancedSoftmaxLoss", "ClassBalancedSigmoidLoss", "ClassBalancedFocalLoss"]
@@ -53,9 +53,7 @@ class ClassBalancedSigmoidLoss(_ClassBalancedBase):
     uses_sigmoid = True
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        Y = one_hot(y, self.num_classes, z.dtype)
-        bce = F.binary_cross_entropy_with_logits(z, Y, reduction="none").sum(1)
-        return (self.sample_weights(z, y) * bce).sum() / z.shape[0]
+        return sigmoid_family_loss(z, y, row_weight=self.sample_weights(z, y))
 
 
 @LOSSES.register("cb_focal")
@@ -70,10 +68,7 @@ class ClassBalancedFocalLoss(_ClassBalancedBase):
         self.gamma = check_real("gamma", gamma, low=0.0)
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        Y = one_hot(y, self.num_classes, z.dtype)
-        bce, modulator = focal_terms(z, Y, self.gamma)
-        per_sample = (modulator * bce).sum(1)
-        return (self.sample_weights(z, y) * per_sample).sum() / z.shape[0]
+        return sigmoid_family_loss(z, y, gamma=self.gamma, row_weight=self.sample_weights(z, y))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gamma={self.gamma}"

@@ -7,9 +7,9 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from ._base import CountsLike, StatefulLoss, check_alpha, check_real, one_hot
+from ._base import CountsLike, StatefulLoss, check_alpha, check_real
+from ._fused import sigmoid_family_loss
 from ._registry import LOSSES
-from .sigmoid import alpha_t, focal_terms
 
 __all__ = ["EqualizedFocalLoss"]
 
@@ -44,14 +44,16 @@ class EqualizedFocalLoss(StatefulLoss):
         return self.gamma_b + self.s_f * (1.0 - self.g)
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        Y = one_hot(y, self.num_classes, z.dtype)
         gamma = self.focusing().to(z.dtype)
-        z = self._tap(z, self._accumulate_abs_grad(y))
-        nll, modulator = focal_terms(z, Y, gamma)
-        loss = (gamma / self.gamma_b) * modulator * nll
-        if self.alpha >= 0:
-            loss = alpha_t(Y, self.alpha) * loss
-        return loss.sum() / z.shape[0]
+        w = gamma / self.gamma_b  # the weighting factor gamma_j / gamma_b
+        neg_w, pos_w = (w, w[y]) if self.alpha < 0 else ((1.0 - self.alpha) * w, self.alpha * w[y])
+        on_stats = self._accumulate_true_grad if self._tracking(z) else None
+        return sigmoid_family_loss(z, y, gamma=gamma, neg_weight=neg_w, pos_weight=pos_w, on_stats=on_stats)
+
+    def _accumulate_true_grad(self, pos: Tensor, neg: Tensor, k: Tensor) -> None:
+        # |dL/dz| = |k| * (the per-entry magnitudes): the true gradient, 1/N and upstream included.
+        k = k.abs()
+        self._accumulate(pos * k, neg * k)
 
     def _refresh(self) -> None:
         torch.clamp(self.pos_grad / (self.neg_grad + 1e-10), 0.0, 1.0, out=self.g)

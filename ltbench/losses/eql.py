@@ -9,13 +9,14 @@ All three keep ``pos_grad``/``neg_grad`` buffers updated after each backward pas
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import CountsLike, StatefulLoss, check_real, one_hot
+from ._base import CountsLike, StatefulLoss, check_real
+from ._fused import sigmoid_family_loss
 from ._registry import LOSSES
 
 __all__ = ["SigmoidEQLLoss", "SoftmaxEQLLoss", "SoftmaxEQLv2Loss"]
@@ -51,21 +52,15 @@ class SigmoidEQLLoss(StatefulLoss):
         return 1.0 + self.alpha * (1.0 - q), q
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        Y = one_hot(y, self.num_classes, z.dtype)
         r, q = (t.to(z.dtype) for t in self.weights())
-        W = r * Y + q * (1.0 - Y)
-        z = self._tap(z, self._collect(z, Y, W))
-        return (W * F.binary_cross_entropy_with_logits(z, Y, reduction="none")).sum() / z.shape[0]
+        on_stats = self._accumulate_weighted_grad if self._tracking(z) else None
+        # W = r on the label's column, q elsewhere: positive weights r[y_i], negative weights q_j.
+        return sigmoid_family_loss(z, y, neg_weight=q, pos_weight=r[y], on_stats=on_stats)
 
-    def _collect(self, z: Tensor, Y: Tensor, W: Tensor) -> Callable[[Tensor], None]:
-        # SPEC's G formula (the BCE gradient magnitude per element, no 1/N), weighted by W;
-        # computed lazily so a forward without backward costs nothing extra.
-        def on_backward(_grad: Tensor) -> None:
-            s = torch.sigmoid(z.detach())
-            G = torch.abs(Y * (s - 1.0) + (1.0 - Y) * s) * W
-            self._accumulate((G * Y).sum(0), (G * (1.0 - Y)).sum(0))
-
-        return on_backward
+    def _accumulate_weighted_grad(self, pos: Tensor, neg: Tensor, _k: Tensor) -> None:
+        # SPEC's sum_i G Y W and sum_i G (1 - Y) W, G = |Y (s - 1) + (1 - Y) s| = |dBCE/dz|: the
+        # fused backward's per-entry magnitudes W |dBCE/dz| before the upstream factor (no 1/N).
+        self._accumulate(pos, neg)
 
     def _refresh(self) -> None:
         torch.div(self.pos_grad, self.neg_grad + 1e-10, out=self.ratio)

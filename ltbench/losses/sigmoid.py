@@ -1,6 +1,9 @@
 """Sigmoid losses over C independent binary problems: sigmoid_ce, sigmoid_focal (SPEC §4).
 
-Shared pieces (``signed_logits``, ``focal_terms``) are reused by the CB, EQL and EFL losses.
+All sigmoid-family losses (these, the CB, EQL and EFL ones) are computed by the fused
+:func:`._fused.sigmoid_family_loss`. ``signed_logits``, ``focal_terms`` and ``alpha_t`` are the
+straightforward elementwise forms of the same quantities (``[N, C]`` temporaries, autograd
+backward), kept as the reference the fused form is tested against.
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import CountsLike, LossBase, check_alpha, check_real, one_hot
+from ._base import CountsLike, LossBase, check_alpha, check_real
+from ._fused import sigmoid_family_loss
 from ._registry import LOSSES
 
 __all__ = ["SigmoidCrossEntropyLoss", "SigmoidFocalLoss", "signed_logits", "focal_terms"]
@@ -45,8 +49,7 @@ class SigmoidCrossEntropyLoss(LossBase):
     uses_sigmoid = True
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        Y = one_hot(y, self.num_classes, z.dtype)
-        return F.binary_cross_entropy_with_logits(z, Y, reduction="sum") / z.shape[0]
+        return sigmoid_family_loss(z, y)
 
 
 @LOSSES.register("sigmoid_focal")
@@ -68,12 +71,9 @@ class SigmoidFocalLoss(LossBase):
         self.alpha = check_alpha(alpha)
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        Y = one_hot(y, self.num_classes, z.dtype)
-        bce, modulator = focal_terms(z, Y, self.gamma)
-        loss = modulator * bce
-        if self.alpha >= 0:
-            loss = alpha_t(Y, self.alpha) * loss
-        return loss.sum() / z.shape[0]
+        if self.alpha < 0:
+            return sigmoid_family_loss(z, y, gamma=self.gamma)
+        return sigmoid_family_loss(z, y, gamma=self.gamma, neg_weight=1.0 - self.alpha, pos_weight=self.alpha)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, gamma={self.gamma}, alpha={self.alpha}"

@@ -44,13 +44,22 @@ def build_model(
             model.reset_classifier(0)
             cos = CosineClassifier(model.num_features, num_classes)
             # timm's reset_classifier(0) leaves Identity; reattach under the same attribute name
-            setattr(model, model.default_cfg.get("classifier", "fc"), cos)
+            _set_submodule(model, model.default_cfg.get("classifier", "fc"), cos)
             del head
         return model
     model = MODELS.build(name, num_classes)
     if classifier == "cosine":
         model.fc = CosineClassifier(model.num_features, num_classes)
     return model
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    """``model.<path> = module`` for a dotted path such as timm's ``"head.fc"`` (NFNet, ConvNeXt)."""
+    *parents, last = path.split(".")
+    parent = model
+    for name in parents:
+        parent = getattr(parent, name)
+    setattr(parent, last, module)
 
 
 def get_classifier(model: nn.Module) -> nn.Module:
@@ -65,7 +74,7 @@ def set_classifier(model: nn.Module, head: nn.Module) -> None:
     if isinstance(model, CifarResNet) or hasattr(model, "fc"):
         model.fc = head
     else:
-        setattr(model, model.default_cfg.get("classifier", "fc"), head)
+        _set_submodule(model, model.default_cfg.get("classifier", "fc"), head)
 
 
 __all__ = [
