@@ -7,7 +7,8 @@ A run is a deterministic function of its configuration, so training it again onl
 :func:`ltbench.engine.train` records every finished run under the key of what produced it
 (the full ``TrainConfig``, the trainer class and its keyword arguments) and, before training,
 adopts an indexed run with the same key: its files are copied into the new run folder and
-``metrics.json`` gets the new run's ``meta`` plus ``reused_from`` (the folder it came from), so
+``metrics.json`` gets the new run's ``meta`` plus ``reused_from`` (the folder it came from,
+relative to the new one), so
 each notebook's output stays complete and self-describing.
 
 The index is the folder named by ``$LTBENCH_RUN_INDEX``; ``python -m ltbench run`` sets it to
@@ -93,5 +94,6 @@ def adopt(source: Path, target: os.PathLike | str, meta: Mapping[str, Any]) -> N
     metrics: Dict[str, Any] = json.loads((source / "metrics.json").read_text())
     for k in META_KEYS:  # the source's labels (its notebook, method, table) are not this run's
         metrics.pop(k, None)
-    metrics.update(dict(meta), reused_from=str(source.resolve()))
+    # Relative, so that committed results stay valid wherever the repository is cloned.
+    metrics.update(dict(meta), reused_from=os.path.relpath(source.resolve(), target.resolve()))
     atomic_write_json(target / "metrics.json", metrics)
