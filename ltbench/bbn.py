@@ -44,7 +44,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -315,6 +315,9 @@ class BBNConfig(TrainConfig):
     ``bbn_adaptor``: a name of :data:`ADAPTORS` (``parabolic_decay`` = :func:`cumulative_alpha`).
     """
 
+    #: Only BBNTrainer (and its subclasses) train it: :meth:`Trainer.check_config`.
+    TRAINER: ClassVar[str] = "ltbench.bbn.BBNTrainer"
+
     schedule: str = "step_bbn"
     bbn_sampler: str = "reversed"
     bbn_sampler_params: Dict[str, Any] = field(default_factory=dict)
@@ -369,11 +372,17 @@ class BBNTrainer(Trainer):
     """
 
     cfg: BBNConfig
+    config_cls = BBNConfig
 
-    def __init__(self, cfg: BBNConfig, *args: Any, **kwargs: Any) -> None:
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
         if not isinstance(cfg, BBNConfig):
             raise ValueError(f"BBNTrainer needs a BBNConfig, got {type(cfg).__name__}; build one with "
                              "BBNConfig(...) or BBNConfig.from_train_config(cfg, bbn_adaptor=..., bbn_sampler=...)")
+        super().check_config(cfg)
+
+    def __init__(self, cfg: BBNConfig, *args: Any, **kwargs: Any) -> None:
+        type(self).check_config(cfg)
         self.alpha_fn: Callable[[int, int], float] = ADAPTORS.get(cfg.validate().bbn_adaptor)
         super().__init__(cfg, *args, **kwargs)
         self._alpha = torch.ones((), device=self.device)

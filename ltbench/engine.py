@@ -17,6 +17,7 @@ plug in through four hooks that are no-ops here (:meth:`Trainer.build_dataset`,
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -193,8 +194,41 @@ class Trainer:
 
     #: Processes sharing one step (DDP); ``cfg.batch_size`` is the global batch of all of them.
     world_size: int = 1
+    #: The configuration class this trainer trains (subclasses of it included).
+    config_cls: type = TrainConfig
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        """Refuse a configuration this class cannot train, before any data is loaded.
+
+        A config subclass that names its trainer (``TRAINER``, e.g. :class:`~ltbench.bbn.BBNConfig`)
+        is refused by other trainers: a plain :class:`Trainer` would silently train an ordinary
+        network on it.
+        """
+        if not isinstance(cfg, cls.config_cls):
+            raise ValueError(f"{cls.__name__} trains a {cls.config_cls.__name__}, got cfg of type "
+                             f"{type(cfg).__name__}")
+        needed = getattr(type(cfg), "TRAINER", None)
+        if needed and needed not in {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}:
+            raise ValueError(f"cfg is a {type(cfg).__name__}, which {cls.__name__} cannot train: pass "
+                             f"trainer_cls={needed.rsplit('.', 1)[-1]} (from {needed.rsplit('.', 1)[0]})")
+
+    @classmethod
+    def check_arguments(cls, cfg: TrainConfig, **kwargs: Any) -> None:
+        """Validate ``cfg`` and the constructor's keyword arguments without building anything.
+
+        :func:`train` calls it first, so bad input fails before a finished run is reused, copied or
+        deleted. Subclasses with arguments of their own (OHEM's ``keep_ratio``) extend it.
+        """
+        try:
+            inspect.signature(cls).bind(cfg, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}({', '.join(['cfg', *kwargs])}): {exc}") from None
+        cls.check_config(cfg)
+        cfg.validate()
 
     def __init__(self, cfg: TrainConfig, data: Optional[LongTailedData] = None, progress: bool = True) -> None:
+        type(self).check_config(cfg)
         self.cfg = cfg.validate()
         self.device = resolve_device(cfg.device)
         self.progress = progress
@@ -417,6 +451,41 @@ class Trainer:
         self.extras = state.get("extras", {})
 
 
+def trainer_record(trainer_cls: type, trainer_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """What :func:`train` stores as ``metrics.json["trainer"]``: the class and its keyword arguments
+    (JSON values as they are, anything else by ``repr``), so a finished run is reused only by the
+    same trainer with the same arguments (OHEM's ``keep_ratio`` is not part of the config)."""
+    kwargs = dict(trainer_kwargs)
+    # Defaults made explicit, so keep_ratio=0.5 and an omitted keep_ratio name the same run.
+    for name, p in inspect.signature(trainer_cls).parameters.items():
+        if name not in _NOT_RECORDED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
+                and p.default is not p.empty:
+            kwargs.setdefault(name, p.default)
+    for name in _NOT_RECORDED:
+        kwargs.pop(name, None)
+    return json.loads(json.dumps({"class": f"{trainer_cls.__module__}.{trainer_cls.__qualname__}",
+                                  "kwargs": {k: kwargs[k] for k in sorted(kwargs)}}, default=repr))
+
+
+#: Trainer arguments that do not change what a run computes.
+_NOT_RECORDED = ("cfg", "data", "progress")
+
+
+def _reusable(done: TrainResult, cfg: TrainConfig, trainer: Dict[str, Any], out_dir: Path,
+              require_checkpoint: bool) -> bool:
+    if done.config != cfg.to_dict():
+        return False
+    # Results written before the trainer was recorded count as the plain trainer's.
+    stored = done.meta.get("trainer", {"class": f"{Trainer.__module__}.{Trainer.__qualname__}", "kwargs": {}})
+    if stored != trainer:
+        # Same config, another trainer or other arguments: a different run. Like a checkpoint of
+        # another configuration, it is not silently overwritten.
+        raise ValueError(f"{out_dir} holds a finished run of trainer {stored['class']} with {stored['kwargs']}, "
+                         f"not {trainer['class']} with {trainer['kwargs']}; use another out_dir, or force=True "
+                         "to replace it")
+    return not require_checkpoint or (out_dir / CHECKPOINT_FILE).is_file()
+
+
 def train(
     cfg: TrainConfig,
     out_dir: Optional[str | os.PathLike] = None,
@@ -424,37 +493,46 @@ def train(
     force: bool = False,
     progress: bool = True,
     trainer_cls: type = Trainer,
+    require_checkpoint: bool = False,
     **trainer_kwargs: Any,
 ) -> TrainResult:
     """Train ``cfg`` (or load its finished result) and save it under ``out_dir``.
 
-    A run whose ``metrics.json`` exists with the same configuration is loaded, not retrained
-    (unless ``force``); an interrupted run resumes from ``checkpoint.pt``. ``meta`` (paper,
-    table, method, published_method, notebook, profile, ...) is recorded in ``metrics.json``.
-    With ``$LTBENCH_RUN_INDEX`` set (the runner sets it), a run that another notebook already
-    finished with the same configuration and trainer is copied, not retrained (:mod:`ltbench.runcache`).
+    A run whose ``metrics.json`` exists with the same configuration, trainer class and trainer
+    arguments is loaded, not retrained (unless ``force``); an interrupted run resumes from
+    ``checkpoint.pt``. ``require_checkpoint``: the caller needs the finished weights (a stage-1 or
+    FSA phase-I run), so a finished result without ``checkpoint.pt`` (checkpoints are not
+    committed with ``results/``) is trained again, deterministically, to rebuild them. ``meta``
+    (paper, table, method, published_method, notebook, profile, ...) is recorded in
+    ``metrics.json``. With ``$LTBENCH_RUN_INDEX`` set (the runner sets it), a run that another
+    notebook already finished with the same configuration and trainer is copied, not retrained
+    (:mod:`ltbench.runcache`). Bad arguments raise before any file is read or removed.
     """
-    cfg.validate()
-    meta = dict(meta or {})
+    trainer_cls.check_arguments(cfg, **trainer_kwargs)
+    trainer = trainer_record(trainer_cls, trainer_kwargs)
+    meta = dict(meta or {}, trainer=trainer)
     if out_dir is not None:
-        key = runcache.run_key(cfg.to_dict(), trainer_cls, trainer_kwargs)
-        metrics = Path(out_dir) / METRICS_FILE
+        out = Path(out_dir)
+        key = runcache.run_key(cfg.to_dict(), trainer_cls, trainer["kwargs"])
+        metrics = out / METRICS_FILE
         if metrics.exists() and not force:
             try:
-                done = TrainResult.load(out_dir)
-                if done.config == cfg.to_dict():
-                    runcache.record(key, out_dir)
-                    return done
-            except (KeyError, ValueError, json.JSONDecodeError):
-                pass  # an unreadable result is recomputed
+                done: Optional[TrainResult] = TrainResult.load(out_dir)
+            except (KeyError, ValueError):
+                done = None  # an unreadable result is recomputed
+            if done is not None and _reusable(done, cfg, trainer, out, require_checkpoint):
+                runcache.record(key, out_dir)
+                return done
+            if require_checkpoint and progress and not (out / CHECKPOINT_FILE).is_file():
+                print(f"{out}: finished result has no {CHECKPOINT_FILE}; training it again to rebuild the weights")
         if force:
-            for f in (metrics, Path(out_dir) / CHECKPOINT_FILE):
+            for f in (metrics, out / CHECKPOINT_FILE):
                 f.unlink(missing_ok=True)
-        shared = None if force else runcache.lookup(key, exclude=Path(out_dir))
-        if shared is not None:
+        shared = None if force else runcache.lookup(key, exclude=out)
+        if shared is not None and (not require_checkpoint or (shared / CHECKPOINT_FILE).is_file()):
             runcache.adopt(shared, out_dir, meta)
             done = TrainResult.load(out_dir)
-            if done.config == cfg.to_dict():
+            if _reusable(done, cfg, trainer, out, require_checkpoint):
                 return done
     trainer = trainer_cls(cfg, progress=progress, **trainer_kwargs)
     result = trainer.fit(out_dir)

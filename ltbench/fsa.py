@@ -55,7 +55,8 @@ from .io import atomic_write_json
 from .models import build_model, get_classifier
 
 __all__ = [
-    "DEFAULT_TAU_S", "DEFAULT_TAU_G", "check_thresholds", "normalize_maps", "class_activation_maps",
+    "DEFAULT_TAU_S", "DEFAULT_TAU_G", "check_thresholds", "check_head_fraction", "check_n_f", "check_fsa_params",
+    "check_phase2_config", "normalize_maps", "class_activation_maps",
     "Decomposition", "decompose", "split_head_tail", "confusion_scores", "confusing_classes",
     "mix_features", "extract_features", "AugmentedBatch", "FeatureAugmenter", "build_augmenter",
     "load_phase1", "phase1_model", "phase2_config", "FSATrainer", "train_fsa",
@@ -71,25 +72,60 @@ PathLike = Union[str, Path]
 # --------------------------------------------------------------------------- validation
 
 
-def _real(name: str, value: Any) -> float:
+def _real(name: str, value: Any, valid: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite real number, got {name}={value!r}")
+        raise ValueError(f"{name} must be a finite real number {valid}, got {name}={value!r}")
     return float(value)
 
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+        raise ValueError(f"{name} must be a positive int (>= 1), got {name}={value!r}")
     return value
 
 
 def check_thresholds(tau_s: float = DEFAULT_TAU_S, tau_g: float = DEFAULT_TAU_G) -> Tuple[float, float]:
     """Validate the decomposition thresholds: ``0 < tau_g <= tau_s < 1`` (SPEC §8)."""
-    s, g = _real("tau_s", tau_s), _real("tau_g", tau_g)
+    s = _real("tau_s", tau_s, "in (0, 1) with tau_g <= tau_s")
+    g = _real("tau_g", tau_g, "in (0, 1) with tau_g <= tau_s")
     if not 0.0 < g <= s < 1.0:
         raise ValueError(
             f"FSA thresholds must satisfy 0 < tau_g <= tau_s < 1 (SPEC §8), got tau_s={tau_s!r}, tau_g={tau_g!r}")
     return s, g
+
+
+def check_head_fraction(head_fraction: float = HEAD_FRACTION) -> float:
+    """Validate the head/tail split's sample fraction: a real number in (0, 1] (SPEC §8 uses 0.9)."""
+    f = _real("head_fraction", head_fraction, "in (0, 1]")
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"head_fraction must be in (0, 1], got head_fraction={head_fraction!r}")
+    return f
+
+
+def check_n_f(n_f: int, num_classes: Optional[int] = None) -> int:
+    """Validate the number of confusing classes: a positive int, at most ``num_classes - 1`` (a
+    class is never its own confusing class; SPEC §8 uses 3)."""
+    _positive_int("n_f", n_f)
+    if num_classes is not None and n_f > num_classes - 1:
+        raise ValueError(f"n_f must be a positive int <= num_classes - 1 = {num_classes - 1} (the other classes "
+                         f"of the {num_classes}-class Phase-I model), got n_f={n_f!r}")
+    return n_f
+
+
+def check_fsa_params(
+    tau_s: float = DEFAULT_TAU_S,
+    tau_g: float = DEFAULT_TAU_G,
+    n_f: int = 3,
+    n_a: int = 3,
+    head_fraction: float = HEAD_FRACTION,
+    num_classes: Optional[int] = None,
+) -> None:
+    """Validate every FSA hyperparameter of SPEC §8 at once (``n_f`` against ``num_classes`` when
+    given), so callers can reject a bad one before loading data or touching a run folder."""
+    check_thresholds(tau_s, tau_g)
+    check_n_f(n_f, num_classes)
+    _positive_int("n_a", n_a)
+    check_head_fraction(head_fraction)
 
 
 # --------------------------------------------------------------------------- CAMs and decomposition
@@ -142,7 +178,12 @@ def decompose(
     feature_map: Tensor, cam: Tensor, tau_s: float = DEFAULT_TAU_S, tau_g: float = DEFAULT_TAU_G
 ) -> Decomposition:
     """Split ``feature_map [N, K, H, W]`` by its normalised CAM ``[N, H, W]`` (SPEC §8):
-    class-specific where ``M >= tau_s``, class-generic where ``M <= tau_g``."""
+    class-specific where ``M >= tau_s``, class-generic where ``M <= tau_g``.
+
+    Both comparisons are inclusive and SPEC §8 only forbids ``tau_g > tau_s``, so with
+    ``tau_s == tau_g`` a position whose CAM equals the threshold exactly belongs to *both* parts
+    (it is kept in ``specific`` and in ``generic``); with ``tau_g < tau_s`` the parts are disjoint.
+    """
     tau_s, tau_g = check_thresholds(tau_s, tau_g)
     if cam.shape != feature_map.shape[:1] + feature_map.shape[2:]:
         raise ValueError(f"cam must be [N, H, W] = {tuple(feature_map.shape[:1] + feature_map.shape[2:])}, "
@@ -164,9 +205,7 @@ def split_head_tail(counts: Sequence[int], head_fraction: float = HEAD_FRACTION)
     counts = [int(c) for c in counts]
     if not counts or any(c < 0 for c in counts) or sum(counts) == 0:
         raise ValueError(f"counts must be non-negative with a positive total, got {counts!r}")
-    frac = Fraction(_real("head_fraction", head_fraction)).limit_denominator(10**9)
-    if not 0 < frac <= 1:
-        raise ValueError(f"head_fraction must be in (0, 1], got head_fraction={head_fraction!r}")
+    frac = Fraction(check_head_fraction(head_fraction)).limit_denominator(10**9)
     order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
     total, cum = sum(counts), 0
     for i, c in enumerate(order):
@@ -194,9 +233,7 @@ def confusing_classes(scores: Tensor, n_f: int = 3) -> Tensor:
     c = scores.shape[0]
     if scores.shape != (c, c):
         raise ValueError(f"scores must be square [C, C], got {tuple(scores.shape)}")
-    _positive_int("n_f", n_f)
-    if n_f > c - 1:
-        raise ValueError(f"n_f={n_f} confusing classes requested but there are only {c - 1} other classes")
+    check_n_f(n_f, c)
     s = scores.detach().float().clone()
     s.fill_diagonal_(-math.inf)
     return torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n_f]
@@ -414,6 +451,32 @@ def phase2_config(
     return TrainConfig.from_dict(fields).validate()
 
 
+#: TrainConfig fields that determine the training data; Phase I and Phase II must agree on them.
+PHASE1_DATA_FIELDS = ("dataset", "imbalance_ratio", "lt_profile", "n_max", "data_seed", "data_options")
+
+
+def check_phase2_config(cfg: TrainConfig, phase1: Mapping[str, Any], where: PathLike = "Phase I") -> None:
+    """Reject a Phase-II ``cfg`` that cannot fine-tune the Phase-I checkpoint ``phase1`` (SPEC §8),
+    before any data is loaded: the loss must be plain CE without DRW, the model and classifier
+    must match, and so must every field of :data:`PHASE1_DATA_FIELDS` (the bank, the confusion
+    scores and the head/tail split are only meaningful on the data Phase I was trained on).
+    """
+    if cfg.loss != "ce" or cfg.drw_epoch is not None:
+        raise ValueError(f"FSA phase II trains with plain CE (SPEC §8): loss must be 'ce' and drw_epoch None, "
+                         f"got loss={cfg.loss!r}, drw_epoch={cfg.drw_epoch!r}")
+    p1 = phase1["config"]
+    if p1.get("model") != cfg.model or p1.get("classifier") != cfg.classifier:
+        raise ValueError(f"Phase-I checkpoint {where} is a {p1.get('model')!r}/{p1.get('classifier')!r} model "
+                         f"but this run uses model={cfg.model!r}, classifier={cfg.classifier!r}")
+    defaults = TrainConfig()  # a field missing from an older checkpoint had its default value then
+    diff = [f"{name}: Phase I {p1.get(name, getattr(defaults, name))!r} vs Phase II {getattr(cfg, name)!r}"
+            for name in PHASE1_DATA_FIELDS if p1.get(name, getattr(defaults, name)) != getattr(cfg, name)]
+    if diff:
+        raise ValueError(f"Phase-I checkpoint {where} was trained on other data than this Phase-II config "
+                         f"({'; '.join(diff)}): use the same {', '.join(PHASE1_DATA_FIELDS)} "
+                         "(phase2_config(phase1_config) copies them)")
+
+
 # --------------------------------------------------------------------------- phase II trainer
 
 
@@ -438,14 +501,15 @@ class FSATrainer(Trainer):
         data: Any = None,
         progress: bool = True,
     ) -> None:
+        check_fsa_params(tau_s, tau_g, n_f, n_a, head_fraction)
         self.tau_s, self.tau_g = check_thresholds(tau_s, tau_g)
-        self.n_f, self.n_a = _positive_int("n_f", n_f), _positive_int("n_a", n_a)
-        self.head_fraction = head_fraction
-        if cfg.loss != "ce" or cfg.drw_epoch is not None:
-            raise ValueError(f"FSA phase II trains with plain CE (SPEC §8); got loss={cfg.loss!r}, "
-                             f"drw_epoch={cfg.drw_epoch!r}")
+        self.n_f, self.n_a, self.head_fraction = n_f, n_a, head_fraction
         self.phase1_dir = Path(phase1_dir)
         self._phase1 = load_phase1(self.phase1_dir)
+        # Everything checkable from the configs is checked here, before the data is loaded and the
+        # feature bank is built; build_model still compares the loaded data's classes and counts.
+        check_n_f(n_f, int(self._phase1["num_classes"]))
+        check_phase2_config(cfg, self._phase1, self.phase1_dir / CHECKPOINT_FILE)
         super().__init__(cfg, data=data, progress=progress)
         del self._phase1
         self.augmenter = build_augmenter(
@@ -460,15 +524,12 @@ class FSATrainer(Trainer):
 
     def build_model(self) -> nn.Module:
         state, cfg = self._phase1, self.cfg
-        p1 = state["config"]
         where = self.phase1_dir / CHECKPOINT_FILE
         if state["num_classes"] != self.num_classes:
             raise ValueError(f"Phase-I checkpoint {where} has num_classes={state['num_classes']} but the data "
                              f"({cfg.dataset}) has {self.num_classes} classes")
-        if p1.get("model") != cfg.model or p1.get("classifier") != cfg.classifier:
-            raise ValueError(f"Phase-I checkpoint {where} is a {p1.get('model')!r}/{p1.get('classifier')!r} model "
-                             f"but this run uses model={cfg.model!r}, classifier={cfg.classifier!r}")
         if list(state["counts"]) != list(self.counts):
+            # The config fields already agree (__init__), so this is data passed in or a changed source.
             raise ValueError(f"Phase-I checkpoint {where} was trained on other data (class counts "
                              f"{list(state['counts'])[:5]}... vs {self.counts[:5]}...): use the same dataset, "
                              "imbalance ratio, n_max and data seed")
@@ -525,12 +586,23 @@ def train_fsa(
     The FSA hyperparameters and a digest of the Phase-I config are recorded in ``fsa.json`` (and
     ``metrics.json["fsa"]``); a finished or interrupted run is reused only when they match,
     else it is retrained from scratch.
+
+    Every argument is validated (``n_f`` against the Phase-I model's classes, the Phase-II config
+    against the Phase-I one, :func:`check_phase2_config`) before ``out_dir`` is touched: a changed
+    setting forces a retrain, which deletes the finished result, so a bad one must not get that far.
     """
-    check_thresholds(tau_s, tau_g)
+    check_fsa_params(tau_s, tau_g, n_f, n_a, head_fraction)
+    _positive_int("iterations", iterations)
+    _positive_int("evaluations", evaluations)
+    if meta is not None and not isinstance(meta, Mapping):
+        raise ValueError(f"meta must be a mapping (or None), got meta={meta!r}")
     state = load_phase1(phase1_dir)
+    check_n_f(n_f, int(state["num_classes"]))
     cfg = phase2_config(state["config"], iterations, lr, batch_size, evaluations, **config_changes)
+    check_phase2_config(cfg, state, Path(phase1_dir) / CHECKPOINT_FILE)
     fsa = dict(tau_s=float(tau_s), tau_g=float(tau_g), n_f=n_f, n_a=n_a, head_fraction=float(head_fraction),
                iterations=iterations, phase1_config=_config_digest(state["config"]))
+    meta = dict(meta or {}, fsa=fsa)
     del state
     if out_dir is not None:
         # The engine keys reuse/resume on the TrainConfig only; the FSA settings live beside it.
@@ -542,6 +614,6 @@ def train_fsa(
         if not same:
             force = True
             atomic_write_json(sidecar, fsa)
-    return train(cfg, out_dir, meta=dict(meta or {}, fsa=fsa), force=force, progress=progress,
+    return train(cfg, out_dir, meta=meta, force=force, progress=progress,
                  trainer_cls=FSATrainer, phase1_dir=phase1_dir, tau_s=tau_s, tau_g=tau_g, n_f=n_f, n_a=n_a,
                  head_fraction=head_fraction)

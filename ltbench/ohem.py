@@ -153,15 +153,23 @@ class OHEMTrainer(Trainer):
     per-epoch history.
     """
 
-    def __init__(self, cfg: TrainConfig, keep_ratio: float = 0.5, mode: str = "two_pass", data: Any = None,
-                 progress: bool = True) -> None:
-        self.keep_ratio = check_keep_ratio(keep_ratio)
+    @classmethod
+    def check_arguments(cls, cfg: TrainConfig, keep_ratio: float = 0.5, mode: str = "two_pass",
+                        **kwargs: Any) -> None:
+        """``keep_ratio`` in (0, 1], ``mode`` in :data:`MODES`, per-sample CE without DRW (SPEC §9)."""
+        check_keep_ratio(keep_ratio)
         if mode not in MODES:
             raise ValueError(f"unknown OHEM mode: mode={mode!r}; valid: {', '.join(MODES)}")
-        self.mode = mode
         if cfg.loss != "ce" or cfg.drw_epoch is not None:
             raise ValueError(f"OHEM ranks and trains with per-sample CE (SPEC §9); got loss={cfg.loss!r}, "
                              f"drw_epoch={cfg.drw_epoch!r}")
+        super().check_arguments(cfg, **kwargs)
+
+    def __init__(self, cfg: TrainConfig, keep_ratio: float = 0.5, mode: str = "two_pass", data: Any = None,
+                 progress: bool = True) -> None:
+        type(self).check_arguments(cfg, keep_ratio=keep_ratio, mode=mode)
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        self.mode = mode
         super().__init__(cfg, data=data, progress=progress)
         self._mined = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         self._seen = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)

@@ -116,7 +116,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "04_bbn_and_two_stage": _with(_QUICK, crt_epochs=4, lws_epochs=2, ablation_samplers=["uniform", "reversed"],
                                       ablation_adaptors=["0.5", "parabolic decay"]),
         "05_equalization_losses": _with(_QUICK, methods=["sigmoid CE", "Sigmoid-EQL", "CE", "Softmax-EQL",
-                                                         "sigmoid focal gamma 2", "EFL"]),
+                                                         "sigmoid focal gamma 2 alpha 0.25", "EFL"]),
         # FSA phase II and cRT scaled down with phase I (paper: 6,400 iterations, 30 cRT epochs after 200 epochs).
         "06_feature_space_augmentation": _with(_QUICK, fsa_iterations=100, crt_epochs=4),
         "07_ohem": _with(_QUICK, keep_ratios=[0.25, 0.5]),

@@ -29,7 +29,7 @@ from .io import atomic_write_json
 ENV_VAR = "LTBENCH_RUN_INDEX"
 
 #: The labels a run's ``meta`` puts at the top level of ``metrics.json`` (see ``TrainResult.to_metrics``).
-META_KEYS = ("notebook", "paper", "table", "method", "published_method", "profile", "reused_from")
+META_KEYS = ("notebook", "paper", "table", "method", "published_method", "profile", "reused_from", "trainer")
 
 #: Files of a finished run folder that are copied when it is adopted (metrics.json last).
 RUN_FILES = ("per_class.csv", "curves.csv", "extras.json", "checkpoint.pt", "metrics.json")

@@ -416,6 +416,16 @@ def _rel(path: Optional[Path]) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
+def _kernel_path(path: Path, kernel_cwd: Path) -> str:
+    """``path`` as the notebook's kernel (run in ``kernel_cwd``) should see it: relative when it can
+    be, so the executed notebooks and every ``metrics.json`` (stage-1 folders, ...) name portable
+    paths like the notebooks' own ``../results/...`` defaults, not this clone's location."""
+    try:
+        return os.path.relpath(path, Path(kernel_cwd).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
 def _execute(plan: _Planned, kernel_name: str, progress: bool, profile: str) -> RunStatus:
     """Execute one planned notebook; never raises except on KeyboardInterrupt."""
     import nbclient.exceptions
@@ -516,7 +526,7 @@ def plan_runs(
         params = resolve_overrides(profile, stem, extra)
         params["profile"] = profile
         run_dir = out_root / stem
-        params["out_dir"] = str(run_dir)
+        params["out_dir"] = _kernel_path(run_dir, available[stem].parent)
         problems += check_parameters(stem, available[stem], params,
                                      _sources(profile, stem, extra))
         plans.append(_Planned(stem, available[stem], params, run_dir, _sha256(available[stem])))

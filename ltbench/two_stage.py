@@ -38,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -157,6 +157,10 @@ class StageTwoConfig(TrainConfig):
     The defaults are cRT's recipe.
     """
 
+    #: Only ClassifierTrainer (TauNormTrainer) trains it: a plain Trainer would retrain a whole
+    #: network and never read the stage-1 checkpoint (:meth:`Trainer.check_config`).
+    TRAINER: ClassVar[str] = "ltbench.two_stage.ClassifierTrainer"
+
     # cRT's recipe (SPEC §6) as the defaults, so StageTwoConfig(stage1_dir=...) is cRT.
     sampler: str = "class_balanced"
     epochs: int = 30
@@ -196,7 +200,9 @@ def load_stage1_checkpoint(stage1_dir: str | os.PathLike, map_location: Any = "c
     path = Path(stage1_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no stage-1 checkpoint at {path}: train stage 1 first with "
-                                f"train(cfg, {str(stage1_dir)!r}) (stage 2 reuses it instead of retraining)")
+                                f"train(cfg, {str(stage1_dir)!r}, require_checkpoint=True) (stage 2 reuses it "
+                                "instead of retraining; results/ is committed without checkpoints, and "
+                                "require_checkpoint retrains a finished run that lacks one)")
     state = torch.load(path, map_location=map_location, weights_only=False)
     for k in ("config", "model", "num_classes", "counts", "epoch"):
         if k not in state:
@@ -213,7 +219,8 @@ def stage_two_config(stage1_dir: str | os.PathLike, method: str = "crt", **overr
     and run fields, ``method``'s recipe, then ``overrides`` (e.g. ``epochs``, ``device``).
 
     If ``epochs`` is overridden and ``warmup_epochs`` is not, the warm-up scales with it
-    (``round(5 * epochs / 30)`` for the cRT recipe).
+    (``round(5 * epochs / 30)`` for the cRT recipe). Unless ``lr`` is given, the recipe's lr
+    (SPEC §6: 0.1 at batch 128) scales linearly with the batch size, as stage 1's does.
     """
     m = get_method(method)
     state = load_stage1_checkpoint(stage1_dir)
@@ -223,6 +230,9 @@ def stage_two_config(stage1_dir: str | os.PathLike, method: str = "crt", **overr
     if "epochs" in overrides and "warmup_epochs" not in overrides and m.defaults.get("warmup_epochs"):
         overrides["warmup_epochs"] = min(overrides["epochs"],
                                          round(m.defaults["warmup_epochs"] * overrides["epochs"] / m.defaults["epochs"]))
+    if "lr" not in overrides and "lr" in m.defaults:
+        # SPEC §6's lr is for batch 128; scaled linearly with the batch as stage 1 is (base_config).
+        overrides["lr"] = m.defaults["lr"] * overrides.get("batch_size", base["batch_size"]) / 128
     cfg = StageTwoConfig(**base, stage1_dir=str(stage1_dir), method=method, stage1_config=s1)
     return cfg.replace(**overrides).validate()
 
@@ -296,6 +306,9 @@ def _check_against_checkpoint(cfg: StageTwoConfig, state: Dict[str, Any]) -> Non
         changed = sorted(k for k in set(s1) | set(cfg.stage1_config) if s1.get(k) != cfg.stage1_config.get(k))
         raise ValueError(f"stage-1 checkpoint {path} no longer holds the run this stage-2 config was built "
                          f"from (differs in {changed}); rebuild it with stage_two_config()")
+    if "bbn_adaptor" in s1:
+        raise ValueError(f"stage-1 checkpoint {path} is a BBN run (two branches, a 2x-wide classifier): stage 2 "
+                         "re-trains the classifier of a one-branch network; point stage1_dir at a CE, RW or RS run")
     for k in DATA_FIELDS:
         if s1.get(k) != getattr(cfg, k):
             what = "architecture" if k == "model" else "dataset"
@@ -316,11 +329,17 @@ class ClassifierTrainer(Trainer):
     """
 
     cfg: StageTwoConfig
+    config_cls = StageTwoConfig
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        if not isinstance(cfg, StageTwoConfig):
+            raise ValueError(f"{cls.__name__} needs a StageTwoConfig, got {type(cfg).__name__}; "
+                             "build one with stage_two_config(stage1_dir, method)")
+        super().check_config(cfg)
 
     def __init__(self, cfg: StageTwoConfig, *args: Any, **kwargs: Any) -> None:
-        if not isinstance(cfg, StageTwoConfig):
-            raise ValueError(f"{type(self).__name__} needs a StageTwoConfig, got {type(cfg).__name__}; "
-                             "build one with stage_two_config(stage1_dir, method)")
+        type(self).check_config(cfg)
         cfg.validate()
         self.stage1_state = load_stage1_checkpoint(cfg.stage1_dir)
         _check_against_checkpoint(cfg, self.stage1_state)
@@ -338,8 +357,10 @@ class ClassifierTrainer(Trainer):
         try:
             stage1.load_state_dict(state["model"])
         except RuntimeError as exc:
+            # PyTorch's first line is only a heading; the key and shape details follow it.
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:500]
             raise ValueError(f"stage-1 checkpoint {path} does not fit architecture model={s1['model']!r}: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{detail or exc}") from None
         model = FrozenBackboneClassifier(stage1)
         model.fc = HEADS.build(get_method(self.cfg.method).head, model, self.cfg)
         if getattr(self.loss_fn, "uses_sigmoid", False) and isinstance(model.fc, nn.Linear) \

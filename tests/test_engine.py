@@ -107,3 +107,62 @@ def test_short_cpu_fit_on_real_cifar10_lt(tmp_path):
                       schedule="constant", batch_size=32, lr=0.01, device="cpu", data_root=real_cifar10_root())
     r = train(cfg, tmp_path / "c10", progress=False)
     assert r.best_top1 > 15  # chance is 10%
+
+
+# ------------------------------------------------------------------ reuse: trainer, arguments, weights
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_finished_run_is_reused_only_by_the_same_trainer_and_arguments(tmp_path):
+    from ltbench.ohem import OHEMTrainer
+
+    cfg, out = _cfg(epochs=1), tmp_path / "ohem"
+    train(cfg, out, progress=False, trainer_cls=OHEMTrainer, keep_ratio=0.25)
+    stored = json.loads((out / "metrics.json").read_text())["trainer"]
+    # Defaults are recorded explicitly, so an omitted argument and its default name one run.
+    assert stored == {"class": "ltbench.ohem.OHEMTrainer", "kwargs": {"keep_ratio": 0.25, "mode": "two_pass"}}
+    assert train(cfg, out, progress=False, trainer_cls=OHEMTrainer, keep_ratio=0.25, mode="two_pass").meta["trainer"] == stored
+    before = _snapshot(out)
+    # Bad arguments fail before the finished run is touched.
+    for kwargs, err, match in [({"keep_ratio": 5.0}, ValueError, r"\(0, 1\], got keep_ratio=5\.0"),
+                               ({"keep_ratio": 0.25, "mode": "one_pass"}, ValueError, "valid: two_pass, masked"),
+                               ({"keep_ratoi": 0.25}, TypeError, "keep_ratoi")]:
+        with pytest.raises(err, match=match):
+            train(cfg, out, progress=False, trainer_cls=OHEMTrainer, **kwargs)
+    # Same config, other arguments: a different run, neither returned nor overwritten silently.
+    with pytest.raises(ValueError, match=r"finished run of trainer ltbench\.ohem\.OHEMTrainer.*keep_ratio': 0\.25"):
+        train(cfg, out, progress=False, trainer_cls=OHEMTrainer, keep_ratio=0.5)
+    with pytest.raises(ValueError, match="finished run of trainer"):
+        train(cfg, out, progress=False)  # the plain trainer
+    assert _snapshot(out) == before
+    redone = train(cfg, out, progress=False, trainer_cls=OHEMTrainer, keep_ratio=0.5, force=True)
+    assert redone.meta["trainer"]["kwargs"]["keep_ratio"] == 0.5
+    assert json.loads((out / "extras.json").read_text())["ohem"]["keep_ratio"] == 0.5
+
+
+def test_configs_of_special_trainers_are_refused_by_the_plain_trainer(tmp_path):
+    from ltbench.bbn import BBNConfig, BBNTrainer
+
+    bbn = BBNConfig.from_train_config(_cfg(epochs=1))
+    with pytest.raises(ValueError, match="BBNConfig, which Trainer cannot train: pass trainer_cls=BBNTrainer"):
+        train(bbn, tmp_path / "bbn", progress=False)
+    with pytest.raises(ValueError, match="BBNTrainer needs a BBNConfig, got TrainConfig"):
+        train(_cfg(epochs=1), tmp_path / "ce", progress=False, trainer_cls=BBNTrainer)
+    assert not (tmp_path / "bbn").exists() and not (tmp_path / "ce").exists()
+
+
+def test_require_checkpoint_rebuilds_the_weights_of_a_committed_result(tmp_path):
+    cfg, out = _cfg(epochs=2), tmp_path / "r"
+    first = train(cfg, out, progress=False)
+    weights = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    (out / "checkpoint.pt").unlink()  # results/ is committed without checkpoints
+    # Only the metrics are needed: loaded, nothing trained.
+    loaded = TrainResult.load(out)
+    assert train(cfg, out, progress=False).history == loaded.history and not (out / "checkpoint.pt").exists()
+    again = train(cfg, out, progress=False, require_checkpoint=True)
+    assert again.last.per_class == first.last.per_class
+    rebuilt = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(weights[k], rebuilt[k]) for k in weights)  # deterministic on CPU

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -9,10 +10,12 @@ import torch.nn.functional as F
 
 from ltbench.config import TrainConfig
 from ltbench.data import long_tailed_counts
-from ltbench.engine import train
+from ltbench import engine
+from ltbench.engine import TrainResult, load_data, train
 from ltbench.fsa import (
-    FeatureAugmenter, FSATrainer, class_activation_maps, check_thresholds, confusing_classes, confusion_scores,
-    decompose, load_phase1, mix_features, normalize_maps, phase2_config, split_head_tail, train_fsa,
+    AugmentedBatch, FeatureAugmenter, FSATrainer, class_activation_maps, check_thresholds, confusing_classes,
+    confusion_scores, decompose, load_phase1, mix_features, normalize_maps, phase2_config, split_head_tail,
+    train_fsa,
 )
 from ltbench.models import resnet32
 
@@ -84,6 +87,27 @@ def test_bad_thresholds_raise(tau_s, tau_g):
         decompose(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3), tau_s, tau_g)
 
 
+@pytest.mark.parametrize("tau_s,tau_g,name", [(float("inf"), 0.2, "tau_s"), (0.8, float("nan"), "tau_g"),
+                                              ("0.8", 0.2, "tau_s"), (0.8, None, "tau_g")])
+def test_non_numeric_threshold_errors_state_the_valid_range(tau_s, tau_g, name):
+    bad = tau_s if name == "tau_s" else tau_g
+    with pytest.raises(ValueError, match=rf"{name} must be a finite real number in \(0, 1\).*got {name}={bad!r}"):
+        check_thresholds(tau_s, tau_g)
+
+
+def test_equal_thresholds_put_a_position_exactly_at_the_threshold_in_both_parts():
+    f = torch.arange(1.0, 1.0 + 2 * 4).view(1, 2, 2, 2)
+    cam = torch.tensor([[[0.0, 0.5], [0.5, 1.0]]])
+    d = decompose(f, cam, 0.5, 0.5)
+    both = torch.tensor([[[False, True], [True, False]]])
+    assert torch.equal(d.specific_mask, cam >= 0.5) and torch.equal(d.generic_mask, cam <= 0.5)
+    assert torch.equal(d.specific_mask & d.generic_mask, both)
+    # The features at those positions are kept, unchanged, in both parts.
+    assert torch.equal(d.specific[:, :, both[0]], f[:, :, both[0]])
+    assert torch.equal(d.generic[:, :, both[0]], f[:, :, both[0]])
+    assert float(d.specific[0, :, 0, 0].abs().sum()) == 0 and float(d.generic[0, :, 1, 1].abs().sum()) == 0
+
+
 # --------------------------------------------------------------------------- head/tail and confusing classes
 
 
@@ -99,8 +123,10 @@ def test_head_tail_rule_on_hand_made_counts():
     assert split_head_tail([10, 10]) == ([0, 1], [])
     with pytest.raises(ValueError):
         split_head_tail([0, 0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"head_fraction must be .*in \(0, 1\], got head_fraction=1.5"):
         split_head_tail([3, 2], head_fraction=1.5)
+    with pytest.raises(ValueError, match=r"head_fraction must be a finite real number in \(0, 1\]"):
+        split_head_tail([3, 2], head_fraction=float("nan"))
 
 
 def test_confusing_class_ranking_on_hand_made_scores():
@@ -121,7 +147,7 @@ def test_confusing_class_ranking_on_hand_made_scores():
     assert top[1].tolist() == [3, 0, 2]
     assert top[3].tolist() == [1, 0, 2]  # own class excluded; tie 0 vs 2 broken by index
     assert not bool((top == torch.arange(4)[:, None]).any())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"n_f must be .*<= num_classes - 1 = 3.*got n_f=4"):
         confusing_classes(s, n_f=4)
 
 
@@ -206,12 +232,18 @@ def test_train_fsa_caches_on_its_settings(phase1_dir, tmp_path):
 
 def test_mismatched_phase1_checkpoint_is_rejected_before_training(phase1_dir, tmp_path):
     p1 = load_phase1(phase1_dir)["config"]
-    with pytest.raises(ValueError, match="num_classes"):
-        FSATrainer(phase2_config(p1, iterations=2, data_options=dict(SYNTH, num_classes=5)), phase1_dir, progress=False)
+    five = phase2_config(p1, iterations=2, data_options=dict(SYNTH, num_classes=5))
+    with pytest.raises(ValueError, match=r"data_options: Phase I .* vs Phase II .*'num_classes': 5"):
+        FSATrainer(five, phase1_dir, progress=False)
+    # Data handed in directly bypasses the config fields; the class count still has to match.
+    with pytest.raises(ValueError, match="num_classes=10 but the data"):
+        FSATrainer(phase2_config(p1, iterations=2), phase1_dir, data=load_data(five), progress=False)
     with pytest.raises(ValueError, match="resnet32"):
         FSATrainer(phase2_config(p1, iterations=2, model="resnet18_cifar"), phase1_dir, progress=False)
-    with pytest.raises(ValueError, match="other data"):
+    with pytest.raises(ValueError, match="other data.*imbalance_ratio: Phase I 10 vs Phase II 5"):
         FSATrainer(phase2_config(p1, iterations=2, imbalance_ratio=5), phase1_dir, progress=False)
+    with pytest.raises(ValueError, match="loss must be 'ce'"):
+        FSATrainer(phase2_config(p1, iterations=2, loss="focal"), phase1_dir, progress=False)
     with pytest.raises(FileNotFoundError, match="Phase-I"):
         FSATrainer(phase2_config(p1, iterations=2), tmp_path / "nothing", progress=False)
     unfinished = dict(load_phase1(phase1_dir), epoch=1)
@@ -221,3 +253,131 @@ def test_mismatched_phase1_checkpoint_is_rejected_before_training(phase1_dir, tm
         FSATrainer(phase2_config(p1, iterations=2), tmp_path / "unfinished", progress=False)
     with pytest.raises(ValueError, match="tau"):
         FSATrainer(phase2_config(p1, iterations=2), phase1_dir, tau_s=0.1, tau_g=0.3, progress=False)
+
+
+def test_phase1_trained_on_another_data_seed_or_profile_is_rejected(phase1_dir, monkeypatch):
+    p1 = load_phase1(phase1_dir)["config"]
+    assert p1["data_seed"] == 0 and p1["lt_profile"] == "exp"
+    loaded = []
+    monkeypatch.setattr(engine, "load_data", lambda cfg: loaded.append(cfg))
+    # The class counts do not depend on the data seed (only which images are kept), so only the
+    # config comparison catches it, and it must do so before any data is loaded.
+    with pytest.raises(ValueError, match=r"other data .*data_seed: Phase I 0 vs Phase II 1") as exc:
+        FSATrainer(phase2_config(p1, iterations=2, data_seed=1), phase1_dir, progress=False)
+    assert "lt_profile:" not in str(exc.value) and loaded == []
+    with pytest.raises(ValueError, match=r"lt_profile: Phase I 'exp' vs Phase II 'step'; "
+                                         r"data_seed: Phase I 0 vs Phase II 2"):
+        FSATrainer(phase2_config(p1, iterations=2, data_seed=2, lt_profile="step"), phase1_dir, progress=False)
+    with pytest.raises(ValueError, match=r"dataset: Phase I 'synthetic' vs Phase II 'cifar10'"):
+        FSATrainer(phase2_config(p1, iterations=2, dataset="cifar10"), phase1_dir, progress=False)
+    assert loaded == []
+    monkeypatch.undo()
+    # The matching config (only the training schedule differs) is accepted.
+    trainer = FSATrainer(phase2_config(p1, iterations=2, batch_size=16), phase1_dir, progress=False)
+    assert trainer.counts == list(load_phase1(phase1_dir)["counts"])
+
+
+FSA_ARGS = dict(iterations=2, batch_size=16, evaluations=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def finished_fsa(phase1_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsa_done") / "phase2"
+    train_fsa(phase1_dir, out, **FSA_ARGS)
+    return phase1_dir, out
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(n_f=0), r"n_f must be a positive int \(>= 1\), got n_f=0"),
+    (dict(n_f=10), r"n_f must be a positive int <= num_classes - 1 = 9 .*got n_f=10"),
+    (dict(n_a=0), r"n_a must be a positive int \(>= 1\), got n_a=0"),
+    (dict(n_a=2.0), r"n_a must be a positive int \(>= 1\), got n_a=2.0"),
+    (dict(head_fraction=0.0), r"head_fraction must be in \(0, 1\], got head_fraction=0.0"),
+    (dict(head_fraction=1.5), r"head_fraction must be in \(0, 1\], got head_fraction=1.5"),
+    (dict(tau_s=float("inf")), r"tau_s must be a finite real number in \(0, 1\).*got tau_s=inf"),
+    (dict(tau_s=0.1, tau_g=0.3), r"0 < tau_g <= tau_s < 1.*tau_s=0.1, tau_g=0.3"),
+    (dict(iterations=0), r"iterations must be a positive int \(>= 1\), got iterations=0"),
+    (dict(evaluations=0), r"evaluations must be a positive int \(>= 1\), got evaluations=0"),
+    (dict(lr=-1.0), r"invalid lr=-1.0: must be a positive number"),
+    (dict(batch_size=0), r"invalid batch_size=0: must be a positive int"),
+    (dict(data_seed=1), r"data_seed: Phase I 0 vs Phase II 1"),
+    (dict(loss="focal"), r"loss must be 'ce'.*got loss='focal'"),
+    (dict(meta=[1]), r"meta must be a mapping \(or None\), got meta=\[1\]"),
+])
+def test_bad_train_fsa_argument_leaves_a_finished_result_untouched(finished_fsa, bad, match, tmp_path):
+    phase1, done = finished_fsa
+    out = shutil.copytree(done, tmp_path / "phase2")  # one case destroying it must not fail the others
+    assert train_fsa(phase1, out, **FSA_ARGS).train_seconds == TrainResult.load(done).train_seconds  # reusable
+    before = _snapshot(out)
+    assert {"metrics.json", "checkpoint.pt", "fsa.json"} <= set(before)
+    with pytest.raises(ValueError, match=match):
+        train_fsa(phase1, out, **dict(FSA_ARGS, **bad))
+    assert _snapshot(out) == before
+
+
+def test_training_step_puts_the_mixed_tail_features_into_the_loss(phase1_dir):
+    p1 = load_phase1(phase1_dir)["config"]
+    trainer = FSATrainer(phase2_config(p1, iterations=2, batch_size=16), phase1_dir, progress=False)
+    real = trainer.augmenter
+    targets = trainer.train_set.targets
+    tail = torch.tensor(trainer.tail_classes)
+    tail_idx = torch.nonzero(torch.isin(targets, tail)).flatten()[:6]
+    head_idx = torch.nonzero(~torch.isin(targets, tail)).flatten()[:4]
+    batch = torch.cat([tail_idx, head_idx])
+    assert len(tail_idx) == 6 and len(head_idx) == 4
+
+    class Recording:
+        """The real augmenter, recording its input and output; ``scale`` rescales the mixed maps."""
+
+        def __init__(self, scale: float = 1.0, valid=None):
+            self.scale, self.valid, self.seen = scale, valid, None
+
+        def augment(self, f, y, generator=None):
+            out = real.augment(f, y, generator)
+            out = out._replace(features=out.features * self.scale,
+                               valid=out.valid if self.valid is None else torch.full_like(out.valid, self.valid))
+            self.seen = (f.detach().clone(), y.clone(), out)
+            return out
+
+    def step(aug):
+        trainer.augmenter = aug
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer.training_step(batch, 0, torch.Generator().manual_seed(5))
+        loss.backward()
+        return loss.detach(), trainer.model.fc.weight.grad.clone()
+
+    def expected(seen):
+        f, y, out = seen
+        fc = trainer.model.fc
+        w = fc.weight.detach().clone().requires_grad_(True)
+        head = lambda t: F.linear(t.mean(dim=(2, 3)), w, fc.bias.detach())
+        ce_real = F.cross_entropy(head(f), y, reduction="none")
+        ce_mixed = F.cross_entropy(head(out.features), out.labels, reduction="none")
+        v = out.valid.float()
+        loss = (ce_real.sum() + (ce_mixed * v).sum()) / (len(y) + v.sum())
+        (grad,) = torch.autograd.grad(loss, w)
+        return loss.detach(), grad, ce_real.mean().detach()
+
+    rec = Recording()
+    loss, grad = step(rec)
+    f, y, out = rec.seen
+    assert int(out.valid.sum()) == 6 * real.n_a  # every tail sample's N_a maps count
+    want, want_grad, real_only = expected(rec.seen)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(grad, want_grad)
+    assert abs(float(want) - float(real_only)) > 1e-3  # so ignoring the mixed maps would fail above
+    # Scaled mixed maps change the loss and gradient exactly as the formula says.
+    rec3 = Recording(scale=3.0)
+    loss3, grad3 = step(rec3)
+    want3, want_grad3, _ = expected(rec3.seen)
+    torch.testing.assert_close(loss3, want3)
+    torch.testing.assert_close(grad3, want_grad3)
+    assert abs(float(loss3) - float(loss)) > 1e-3
+    # Mixed maps marked invalid get weight 0: only the real samples remain.
+    none = Recording(valid=False)
+    loss0, _ = step(none)
+    torch.testing.assert_close(loss0, expected(none.seen)[2])

@@ -262,6 +262,102 @@ def test_softmax_eql_literal_form():
     assert torch.allclose(loss(z, y), -p[torch.arange(6), y].log().mean(), rtol=1e-5)
 
 
+# ----------------------------------------------------------------------------- extreme logits
+# mmdetection-style closed forms at +-100: a right entry costs ~exp(-100) (0 to the tolerance
+# used), a wrong one costs its margin (log-sum-exp -> max), a tie costs log of a simple ratio.
+
+
+def test_cb_softmax_extreme_logits():
+    loss = build_loss("cb_softmax", [1, 2], beta=0.5)  # w = [1.2, 0.8] (see above)
+    z, y = t([[100.0, -100.0], [100.0, -100.0], [100.0, 100.0]]), y_([0, 1, 1])
+    # CE = [0, 200, log 2]; divided by N = 3, not by sum w[y_i] = 2.8
+    assert loss(z, y).item() == pytest.approx((1.2 * 0 + 0.8 * 200 + 0.8 * LN2) / 3, rel=1e-6)
+    assert F.cross_entropy(z, y, weight=t([1.2, 0.8])).item() == pytest.approx((0.8 * 200 + 0.8 * LN2) / 2.8, rel=1e-6)
+
+
+def test_ldam_extreme_logits():
+    loss = build_loss("ldam", [16, 1])  # margins [0.25, 0.5], s = 30
+    z, y = t([[100.0, -100.0], [-100.0, 100.0], [100.0, 100.0]]), y_([1, 1, 0])
+    # 30 * (z - m_y Y): [3000, -3015] -> CE 6015; [-3000, 2985] -> 0; [2992.5, 3000] -> 7.5 + log1p(e^-7.5)
+    ces = [6015.0, 0.0, 7.5 + math.log1p(math.exp(-7.5))]
+    assert loss(z, y).item() == pytest.approx(sum(ces) / 3, rel=1e-6)
+    loss.set_class_weight(t([0.3, 1.7]))  # DRW: PyTorch's weighted mean
+    w = [1.7, 1.7, 0.3]
+    assert loss(z, y).item() == pytest.approx(sum(a * b for a, b in zip(w, ces)) / sum(w), rel=1e-6)
+
+
+def test_softmax_eql_extreme_logits():
+    loss = build_loss("softmax_eql", [1, 1, 1])
+    loss.pos_grad.copy_(t([4.0, 1.0, 0.0]))  # G = clamp(G_pos, 1e-4) = [4, 1, 1e-4]
+    z = t([[100.0, -100.0, -100.0], [-100.0, 100.0, -100.0], [100.0, 100.0, -100.0], [100.0, -100.0, 100.0]])
+    y = y_([1, 0, 0, 2])
+    # z' = z + log(G_j / G_y): wrong by 200 shifted by log(G_j / G_y); ties give log(1 + G_j / G_y)
+    expected = [200 + math.log(4), 200 - math.log(4), math.log(1.25), math.log(1 + 4 / 1e-4)]
+    zz = z.clone().requires_grad_()
+    out = loss(zz, y)
+    assert out.item() == pytest.approx(sum(expected) / 4, rel=1e-6)
+    out.backward()
+    # statistics: |dL/dz| = |p - Y| / N with p = [1,0,0], [0,1,0], [.8,.2,0], [r,0,1-r], r = 4e4/40001
+    r = 4e4 / 40001
+    pos = [4.0 + (1 + 0.2) / 4, 1.0 + 1 / 4, 0.0 + r / 4]
+    neg = [(1 + r) / 4, (1 + 0.2) / 4, 0.0]
+    torch.testing.assert_close(loss.pos_grad, t(pos), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(loss.neg_grad, t(neg), rtol=1e-6, atol=1e-7)
+
+
+def test_softmax_eql_v2_extreme_logits():
+    loss = build_loss("softmax_eql_v2", [1, 1, 1])
+    loss.pos_grad.copy_(t([3.0, 1.0, 0.0]))
+    a = [v / (4 + 1e-4) + 1e-9 for v in (3.0, 1.0, 0.0)]  # pi ** tau + 1e-9, tau = 1
+    z = t([[100.0, 100.0, -100.0], [-100.0, 100.0, -100.0], [100.0, -100.0, 100.0], [-100.0, 100.0, 100.0]])
+    y = y_([0, 1, 2, 0])
+    # CE(z + log a): ties -> log(sum of tied a / a_y); wrong by 200 -> 200 + that log
+    expected = [
+        math.log((a[0] + a[1]) / a[0]),  # ~ log(4/3)
+        0.0,
+        math.log((a[0] + a[2]) / a[2]),  # ~ log(0.75e9): the 1e-9 floor of a class with G_pos = 0
+        200 + math.log((a[1] + a[2]) / a[0]),  # ~ 200 + log(1/3)
+    ]
+    assert loss(z, y).item() == pytest.approx(sum(expected) / 4, rel=1e-6)
+
+
+def test_sigmoid_eql_extreme_logits():
+    loss = build_loss("sigmoid_eql", [1, 1, 1])
+    # ratio 100 -> q = 1, r = 1; ratio = mu -> q = f(mu) = 1/2, r = 1 + 4 * (1 - 1/2) = 3
+    loss.ratio.copy_(t([100.0, 0.8, 0.8]))
+    z = t([[100.0, -100.0, -100.0], [100.0, -100.0, 100.0], [-100.0, 0.0, 100.0]])
+    y = y_([0, 1, 2])
+    # row 0 all right; row 1 all wrong by 100: q_0 * 100 + r_1 * 100 + q_2 * 100 = 450;
+    # row 2: only the negative at 0, q_1 * log 2
+    zz = z.clone().requires_grad_()
+    out = loss(zz, y)
+    assert out.item() == pytest.approx((450 + 0.5 * LN2) / 3, rel=1e-6)
+    out.backward()
+    # G W (not divided by N): wrong entries G = 1, right ones ~exp(-100), the 0 entry G = 1/2
+    torch.testing.assert_close(loss.pos_grad, t([0.0, 3.0, 0.0]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(loss.neg_grad, t([1.0, 0.25, 0.5]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(loss.ratio, t([0.0, 12.0, 0.0]), rtol=1e-6, atol=1e-30)
+
+
+def test_efl_extreme_logits():
+    loss = build_loss("efl", [1, 1, 1])  # gamma_b 2, s_f 8, alpha 0.25
+    loss.g.copy_(t([1.0, 0.5, 0.0]))  # gamma_j = [2, 6, 10], weighting factor gamma_j / 2 = [1, 3, 5]
+    z = t([[100.0, -100.0, 100.0], [-100.0, 0.0, -100.0], [-100.0, -100.0, 100.0]])
+    y = y_([1, 0, 2])
+    # wrong by 100: (1 - p_t) ** gamma = 1, -log p_t = 100 -> a_t * w_j * 100;
+    # row 0: .75*1*100 + .25*3*100 + .75*5*100 = 525; row 1: .25*1*100 + .75*3*(1/2)**6*log 2
+    zz = z.clone().requires_grad_()
+    out = loss(zz, y)
+    assert out.item() == pytest.approx((525 + 25 + 0.75 * 3 * LN2 / 64) / 3, rel=1e-6)
+    out.backward()
+    # true gradient (1/N included): wrong entries a_t * w_j / N; the 0 entry
+    # a_t * w_j * (1/2)**6 * (6 * 1/2 * log 2 + 1/2) / N; right entries ~0
+    mid = 0.75 * 3 * (3 * LN2 + 0.5) / 64 / 3
+    torch.testing.assert_close(loss.pos_grad, t([0.25 / 3, 0.75 / 3, 0.0]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(loss.neg_grad, t([0.75 / 3, mid, 0.75 * 5 / 3]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(loss.g, t([1 / 3, 1.0, 0.0]), rtol=1e-6, atol=1e-30)  # clamped to [0, 1]
+
+
 # ----------------------------------------------------------------------------- hand-computed steps
 # Independent float64 NumPy references straight from SPEC §4's update rules; the model is the
 # logits themselves (a parameter) updated by plain SGD, so the gradient is computed by hand too.
@@ -321,9 +417,25 @@ def _ref_efl(z, y, state, gamma_b=2.0, s_f=8.0, alpha=0.25):
     return loss, grad, {"pos_grad": pos, "neg_grad": neg, "g": np.clip(pos / (neg + 1e-10), 0, 1)}
 
 
+def _ref_softmax_eql_v2(z, y, state, tau=1.0):
+    # SPEC §4 softmax_eql_v2: pi = G_pos / (sum G_pos + 1e-4), z' = z + log(pi**tau + 1e-9) on
+    # every column (a class never seen as a positive gets log 1e-9, not softmax_eql's clamp).
+    N, C = z.shape
+    Y = np.eye(C)[y]
+    pi = state["pos_grad"] / (state["pos_grad"].sum() + 1e-4)
+    zp = z + np.log(pi**tau + 1e-9)[None, :]
+    p = _softmax(zp)
+    loss = -np.log(p[np.arange(N), y]).mean()
+    grad = (p - Y) / N  # the adjustment is a constant: dL/dz = dL/dz'
+    pos = state["pos_grad"] + (np.abs(grad) * Y).sum(0)
+    neg = state["neg_grad"] + (np.abs(grad) * (1 - Y)).sum(0)
+    return loss, grad, {"pos_grad": pos, "neg_grad": neg, "pi": pos / (pos.sum() + 1e-4)}
+
+
 _REFS = {
     "sigmoid_eql": (_ref_sigmoid_eql, {"ratio": 100.0}),
     "softmax_eql": (_ref_softmax_eql, {}),
+    "softmax_eql_v2": (_ref_softmax_eql_v2, {}),
     "efl": (_ref_efl, {"g": 1.0}),
 }
 
@@ -548,6 +660,78 @@ def test_ddp_all_reduce(tmp_path, name):
         pos, neg = pos + part.pos_grad, neg + part.neg_grad
     assert torch.allclose(ddp_state["pos_grad"], pos) and torch.allclose(ddp_state["neg_grad"], neg)
     assert torch.allclose(ddp_state["g"], torch.clamp(pos / (neg + 1e-10), 0, 1))
+
+
+def _prime5(loss):
+    """Non-trivial statistics for a 5-class stateful loss (weights not all 1)."""
+    if loss.stateful:
+        loss.pos_grad.copy_(torch.linspace(2.0, 0.05, 5))
+        loss.neg_grad.copy_(torch.linspace(1.0, 9.0, 5))
+        loss._refresh()
+
+
+@pytest.mark.parametrize("primed", [False, True], ids=["start", "primed"])
+@pytest.mark.parametrize("name", ALL)
+def test_empty_batch_gives_connected_zero(name, primed):
+    """N = 0 (an empty shard or last batch): loss exactly 0, not 0/0 = NaN, still connected to
+    the graph (every parameter gets a zero gradient), and the statistics stay bit-identical
+    (EFL's no longer turn NaN, EQL's ratio stays at its start value 100 instead of 0/1e-10)."""
+    torch.manual_seed(0)
+    loss = build_loss(name, COUNTS)
+    if primed:
+        _prime5(loss)
+    before = copy.deepcopy(loss.state_dict())
+    lin = torch.nn.Linear(4, 5)
+    out = loss(lin(torch.randn(0, 4)), torch.zeros(0, dtype=torch.long))
+    assert out.shape == () and out.dtype == torch.float32 and out.requires_grad
+    assert out.item() == 0.0
+    out.backward()
+    for p in lin.parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), name
+    z = torch.zeros(0, 5, dtype=torch.float64, requires_grad=True)
+    out64 = loss(z, torch.zeros(0, dtype=torch.long))
+    assert out64.dtype == torch.float64 and out64.item() == 0.0
+    out64.backward()
+    assert z.grad is not None and z.grad.shape == (0, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lin(torch.randn(0, 4))
+        assert loss(logits, torch.zeros(0, dtype=torch.long)).item() == 0.0
+    with torch.no_grad():
+        assert loss(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).item() == 0.0
+    after = loss.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), (name, k)  # bit-identical, NaN-free
+        assert torch.isfinite(after[k]).all(), (name, k)
+    if hasattr(loss, "set_class_weight"):  # DRW: PyTorch's weighted mean would be 0/0 too
+        loss.set_class_weight(class_balanced_weights(COUNTS, 0.9999))
+        assert loss(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_empty_batch_is_a_no_op_for_training(name):
+    """Steps with an empty batch in between give exactly the losses and statistics of the same
+    steps without it."""
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(12, 5, generator=g) * 2, torch.randint(0, 5, (12,), generator=g)) for _ in range(2)]
+    empty = (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    a, b = build_loss(name, COUNTS), build_loss(name, COUNTS)
+    la = [_step(a, *batches[0]), _step(a, *batches[1])]
+    lb = [_step(b, *batches[0]), _step(b, *empty), _step(b, *batches[1])]
+    assert lb[1].item() == 0.0
+    assert torch.equal(la[0], lb[0]) and torch.equal(la[1], lb[2])
+    for k, v in a.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v), k
+
+
+def test_fused_empty_batch_skips_statistics():
+    calls = []
+    z = torch.zeros(0, 4, requires_grad=True)
+    out = _fused.sigmoid_family_loss(z, torch.zeros(0, dtype=torch.long), gamma=torch.full((4,), 3.0),
+                                     neg_weight=torch.ones(4), pos_weight=torch.ones(0),
+                                     on_stats=lambda *a: calls.append(a))
+    out.backward()
+    assert out.item() == 0.0 and calls == [] and z.grad.shape == (0, 4)
 
 
 # ----------------------------------------------------------------------------- errors

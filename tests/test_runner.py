@@ -7,6 +7,7 @@ kernel with ``os._exit``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def test_success_writes_metrics_and_marker(nbdir: Path, tmp_path: Path) -> None:
     assert m["seed"] == 1 and m["profile"] == "smoke" and m["top1_last"] == 51.0
     marker = json.loads((rd / runner.MARKER).read_text())
     assert marker["parameters"]["seeds"] == [0, 1]
-    assert marker["parameters"]["out_dir"] == str(rd)
+    # Relative to the kernel's working directory (the notebooks' folder), like the notebooks' defaults.
+    out_dir = marker["parameters"]["out_dir"]
+    assert not os.path.isabs(out_dir) and (nbdir / out_dir).resolve() == rd.resolve()
     assert marker["papermill"] and marker["finished"] and marker["notebook_sha256"]
     log = (rd / runner.LOG).read_text()
     assert "fixture running in" in log and "done" in log  # the cells' output is captured

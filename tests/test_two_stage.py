@@ -149,7 +149,11 @@ def test_method_registry():
 
 def test_crt_recipe(stage1_dir):
     cfg = stage_two_config(stage1_dir, "crt")
-    assert (cfg.epochs, cfg.lr, cfg.schedule, cfg.warmup_epochs) == (30, 0.1, "step_crt", 5)
+    # SPEC §6's lr 0.1 is for batch 128: linearly scaled to the stage-1 run's batch, like stage 1.
+    assert (cfg.epochs, cfg.schedule, cfg.warmup_epochs) == (30, "step_crt", 5)
+    assert cfg.lr == pytest.approx(0.1 * cfg.batch_size / 128) and cfg.batch_size != 128
+    assert stage_two_config(stage1_dir, "crt", batch_size=128).lr == pytest.approx(0.1)
+    assert stage_two_config(stage1_dir, "crt", lr=0.3).lr == 0.3
     assert cfg.sampler == "class_balanced" and cfg.loss == "ce"
     rw = stage_two_config(stage1_dir, "rw", epochs=3)
     assert rw.loss == "balanced_ce" and rw.loss_params == {"power": 1.0} and rw.warmup_epochs == 0
@@ -315,3 +319,34 @@ def test_base_config_rejects_bad_batch_size_before_anything():
     from ltbench.experiment import base_config
     with pytest.raises(ValueError, match=r"batch_size=0"):
         base_config("synthetic", 10, batch_size=0)
+
+
+def test_checkpoint_with_other_num_classes_is_refused_before_training(stage1_dir, tmp_path):
+    # The saved config still matches; the weights and counts are those of a 5-class run.
+    import shutil
+
+    other = tmp_path / "five"
+    shutil.copytree(stage1_dir, other)
+    state = torch.load(other / CHECKPOINT_FILE, weights_only=False)
+    state["num_classes"], state["counts"] = 5, list(state["counts"])[:5]
+    torch.save(state, other / CHECKPOINT_FILE)
+    cfg = stage_two_config(other, "crt", epochs=1)
+    with pytest.raises(ValueError, match=r"has num_classes=5 .*but the data of this config has num_classes=10"):
+        train_stage_two(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_bbn_run_as_stage1_is_refused_with_a_reason(tmp_path):
+    from ltbench.bbn import BBNConfig, BBNTrainer
+
+    bbn = tmp_path / "bbn"
+    train(BBNConfig.from_train_config(TrainConfig(**DATA, epochs=1, warmup_epochs=0)), bbn, progress=False,
+          trainer_cls=BBNTrainer)
+    with pytest.raises(ValueError, match="is a BBN run .* point stage1_dir at a CE, RW or RS run"):
+        train_stage_two(stage_two_config(bbn, "crt", epochs=1), tmp_path / "out", progress=False)
+
+
+def test_stage_two_config_is_refused_by_the_plain_trainer(stage1_dir, tmp_path):
+    cfg = stage_two_config(stage1_dir, "crt", epochs=1)
+    with pytest.raises(ValueError, match="StageTwoConfig, which Trainer cannot train: pass trainer_cls=ClassifierTrainer"):
+        train(cfg, tmp_path / "out", progress=False)

@@ -126,7 +126,17 @@ class LossBase(nn.Module):
         self.register_buffer("class_counts", counts.float(), persistent=False)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The loss of a batch (SPEC §4); an empty batch (N = 0) gives 0.
+
+        SPEC §4 asks for a finite scalar and does not define N = 0; 0 is the sum over no samples.
+        An empty batch (a rank's shard or a sampler's last batch) must not turn the mean into
+        0/0 = NaN; the zero stays connected to ``logits`` so that backward still reaches every
+        parameter (zero gradients; DDP expects each one to take part). :meth:`compute` is not
+        called for it, so stateful losses neither tap the gradient nor touch their statistics.
+        """
         z, y = self._prepare(logits, targets)
+        if z.shape[0] == 0:
+            return z.sum() * 0.0
         return self.compute(z, y)
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -291,6 +301,8 @@ class StatefulLoss(LossBase):
         gradient w.r.t. the raw logits, 1/N included, as autograd delivers it)."""
 
         def on_backward(grad: Tensor) -> None:
+            if grad.shape[0] == 0:  # no samples, no statistics (also keeps EQL's ratio at 100)
+                return
             # No one-hot mask and no `where` over [N, C] (slow on CPU): take the label entries
             # out with gather, zero them, and sum the columns.
             a = grad.detach().abs().float()

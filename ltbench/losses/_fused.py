@@ -266,7 +266,7 @@ def _fused_terms(
             total = nb.sum().mul_(c).add_(pos.sum())
         else:
             total = ((nb.sum(1) * c).add_(pos.squeeze(1)) * row_weight).sum()
-    total = total / N
+    total = total / max(N, 1)
     del nb, bce
     if not need_grad:
         return total, None, None
@@ -323,7 +323,7 @@ class _SigmoidFamily(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         z, y = ctx.saved_tensors
         if ctx.on_stats is not None:
-            ctx.on_stats(*ctx.stats, grad_out / z.shape[0])
+            ctx.on_stats(*ctx.stats, grad_out / max(z.shape[0], 1))
         grad = ctx.grad
         if grad is None:  # handed over by an earlier backward pass through this (retained) graph
             grad = _fused_terms(z, y, *ctx.args, with_stats=False, need_grad=True)[1]
@@ -349,7 +349,13 @@ def sigmoid_family_loss(
     ``gamma``: focusing exponent, a float >= 0 or a ``[C]`` tensor (0: BCE). ``neg_weight``:
     ``nu``, a float or ``[C]``. ``pos_weight``: ``pi``, a float or ``[N]``. ``row_weight``:
     ``rho`` ``[N]`` or ``None``. Weight tensors: detached, >= 0, in ``z``'s dtype and device.
-    ``on_stats`` (see :data:`StatsCallback`) runs once per backward pass through this call.
+    ``on_stats`` (see :data:`StatsCallback`) runs once per backward pass through this call;
+    never for an empty batch (``N = 0``), which gives a loss of 0.
     """
+    if z.shape[0] == 0:
+        # The sum over no samples, divided by N = 0, would be NaN, and so would the statistics
+        # (scaled by the upstream factor dL_out / N): a zero connected to the graph instead, and
+        # no ``on_stats`` call.
+        return z.sum() * 0.0
     need_grad = torch.is_grad_enabled() and z.requires_grad
     return _SigmoidFamily.apply(z, y, gamma, neg_weight, pos_weight, row_weight, on_stats, need_grad)
