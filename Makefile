@@ -1,26 +1,34 @@
 # ltbench: `make reproduce` (quick profile into results/) and `make test`. Both create .venv if absent.
+# `make reproduce PROFILE=paper EXECUTE_ARGS="--seeds 1 --tiers 0,1"` on a GPU.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 PYTEST_ARGS ?=
+EXECUTE_ARGS ?=
 # ../shared/data is where this project's machines keep CIFAR-10; users set LTBENCH_DATA or use ./data.
 export LTBENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 
-.PHONY: install reproduce test report clean-results benchmark
+.PHONY: install reproduce test report clean-results benchmark lint carry
 
+# Every package from requirements.lock (all extras, pinned with hashes), then ltbench itself,
+# built with the locked setuptools (no download).
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ltbench)" >/dev/null
 	@touch $@
 
 install: $(VENV)/.installed
 
+# plan (list the profile's runs), execute (train the pending ones, tier order), run (notebooks render
+# from the run store), report (results/README.md).
 reproduce: install
+	$(PY) -m ltbench plan --profile $(PROFILE) | tail -4
+	$(PY) -m ltbench execute --profile $(PROFILE) $(EXECUTE_ARGS)
 	$(PY) -m ltbench run --profile $(PROFILE)
 	$(PY) -m ltbench report
 
@@ -34,3 +42,13 @@ test: install
 
 benchmark: install
 	$(PY) benchmarks/throughput.py
+
+# ruff, configured in pyproject.toml (CI runs it before the tests).
+lint: install
+	$(PY) -m ruff check .
+
+# .carry/ (git-ignored) for a GPU session (tools/gpu_session.sh, README "The GPU session"): CIFAR-10 as
+# cifar10.tgz, the resume state of unfinished paper runs and the stage-1 weights pending runs need, a
+# manifest; fails if the working tree plus .carry reaches the device's 64 MiB.
+carry: install
+	$(PY) -m ltbench.session carry --profile paper --carry .carry

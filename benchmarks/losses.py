@@ -5,7 +5,7 @@
     python benchmarks/losses.py --classes 10 100 1000 --batch 512 --device cuda --out t.csv
     python benchmarks/losses.py --baseline before.csv --out after    # adds before/speed-up columns
 
-Counts follow SPEC §1's exponential profile (n_max 5000, IR 100). One step is
+Counts follow docs/methods.md §1's exponential profile (n_max 5000, IR 100). One step is
 ``torch.autograd.grad(loss(logits, y), logits)``; stateful losses run in training mode, so their
 statistics update is included. On CPU with one thread the default clock is the thread's CPU
 time (``--clock``), which other processes on a shared machine disturb far less than the wall
@@ -42,7 +42,7 @@ FIELDS = ["device", "classes", "batch", "loss", "ms", "ratio_to_ce", "ms_min", "
 
 
 def exp_counts(num_classes: int, n_max: int = 5000, ir: float = 100.0) -> List[int]:
-    """SPEC §1: ``n_i = int(n_max * (1/IR) ** (i / (C - 1)))``."""
+    """docs/methods.md §1: ``n_i = int(n_max * (1/IR) ** (i / (C - 1)))``."""
     return [int(n_max * (1.0 / ir) ** (i / (num_classes - 1.0))) for i in range(num_classes)]
 
 

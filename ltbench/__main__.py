@@ -1,4 +1,8 @@
-"""Command line: ``python -m ltbench run ...`` / ``report ...`` / ``profiles ...``.
+"""Command line: ``python -m ltbench {plan, execute, run, report, import, methods, profiles}``.
+
+``plan`` lists a profile's unique training runs, ``execute`` trains the pending ones (tier order,
+workers, deadline), ``run`` executes the notebooks (which then only render), ``report`` collects
+everything into ``results/README.md``.
 
 Heavy imports (papermill, pandas, matplotlib, torch) happen inside the subcommands so that
 ``--help`` and argument errors are instant.
@@ -15,7 +19,47 @@ from ltbench.profiles import DEFAULT_PROFILE, PROFILES
 def _build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ltbench",
                                  description="Reproduce long-tailed recognition papers.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{run,report,profiles}")
+    sub = ap.add_subparsers(dest="command", required=True,
+                            metavar="{plan,execute,run,report,import,methods,profiles}")
+
+    def runs_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default=DEFAULT_PROFILE,
+                       help=f"parameter profile ({', '.join(PROFILES)}; default {DEFAULT_PROFILE})")
+        p.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                       help="notebooks whose runs to include (stem or unique prefix such as 04); default all")
+        p.add_argument("--seeds", type=int, metavar="N", help="seeds=list(range(N)) for every notebook")
+        p.add_argument("-p", "--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="override a notebook parameter as for `run` (e.g. -p 'datasets=[\"cifar10\"]')")
+        p.add_argument("--results", default="results", metavar="DIR", help="results folder (default results)")
+        p.add_argument("--notebooks", default="notebooks", metavar="DIR", help="notebooks folder (default notebooks)")
+
+    pl = sub.add_parser("plan", help="list a profile's unique runs with tier, cost and status",
+                        description="List the unique training runs of every notebook of a profile (shared runs "
+                        "once, dependencies included) with tier (0 baselines, 1 published cells, 2 the rest), "
+                        "estimated cost in image-passes and status (done / partial / pending).")
+    runs_args(pl)
+    pl.add_argument("--json", action="store_true", help="print the plan as a JSON list")
+
+    ex = sub.add_parser("execute", help="train a profile's pending runs (tier order, workers, deadline)",
+                        description="Train the pending runs of a profile in tier order, dependencies first. At "
+                        "the deadline each worker finishes its epoch, checkpoints and stops; run again to resume.")
+    runs_args(ex)
+    ex.add_argument("--tiers", default=None, metavar="T,T", help="tiers to train, e.g. 0,1 (default all)")
+    ex.add_argument("--deadline", type=float, metavar="SECONDS", help="stop starting epochs after this many seconds")
+    ex.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes (default 1)")
+    ex.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default CPUs / K)")
+    ex.add_argument("--device", default="auto", help="device of every run: auto (default), cpu, cuda, cuda:N")
+    ex.add_argument("--compile", action="store_true", help="torch.compile the model (an execution option)")
+    ex.add_argument("--fast", nargs="?", const="graph", default=None, choices=["static", "graph"],
+                    help="the fast path (an execution option): padded static shapes, and with 'graph' (the "
+                    "default of a bare --fast) forward+loss+backward+SGD compiled as one graph, CUDA graphs on CUDA")
+    ex.add_argument("--pack", type=int, default=1, metavar="K",
+                    help="train up to K compatible runs (joint runs of one recipe) as one packed network "
+                    "(default 1: no packing); with --fast graph the packed step is compiled")
+    ex.add_argument("--data-root", default=None, metavar="DIR", help="data folder (default $LTBENCH_DATA, else ./data)")
+    ex.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("methods", help="list the registered training methods (one line each)")
 
     run = sub.add_parser(
         "run", help="execute the notebooks with papermill into RESULTS/<profile>/<notebook>/",
@@ -43,6 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="validate and show what would run, execute nothing")
     run.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    run.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                     help="stop a notebook whose cell runs longer than this (default 12 h)")
     run.add_argument("--backend", default="local", metavar="NAME",
                      help="where notebooks execute: local (this process, default) or submitit (one job per "
                      "notebook: a SLURM job array, or local processes without SLURM); see ltbench/submit.py")
@@ -63,6 +109,16 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--results", default="results", metavar="DIR",
                      help="results folder (default results)")
 
+    imp = sub.add_parser("import", help="merge the files a GPU session returned into RESULTS/<profile>/",
+                         description="Merge the run packs of a GPU session (tools/gpu_session.sh: runs*.tgz, "
+                         "weights*.tgz, manifest.json) into RESULTS/<profile>/runs/ (profile from the packs). A "
+                         "finished run that differs from one already here is refused (its folder unchanged, the others "
+                         "imported, exit 3); "
+                         "identical ones are accepted; partial runs' resume state is kept for the next session.")
+    imp.add_argument("files", nargs="+", metavar="FILE", help="files of the session's $OUT")
+    imp.add_argument("--results", default="results", metavar="DIR", help="results folder (default results)")
+    imp.add_argument("--dry-run", action="store_true", help="say what would be imported, change nothing")
+
     prof = sub.add_parser("profiles", help="show the parameter overrides of a profile")
     prof.add_argument("--profile", default=None, help="one profile (default all)")
     return ap
@@ -72,6 +128,61 @@ def _build_parser() -> argparse.ArgumentParser:
 _SUBMITIT_FLAGS = {"cluster": "cluster", "partition": "partition", "gpus_per_job": "gpus_per_job",
                    "time_min": "time_min", "cpus_per_job": "cpus_per_job", "mem_gb": "mem_gb",
                    "array_parallelism": "array_parallelism"}
+
+
+def _parse_tiers(text: Optional[str]) -> Optional[List[int]]:
+    if text is None:
+        return None
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise ValueError(f"unknown tier {part!r} in --tiers {text!r}: valid tiers are 0, 1, 2") from None
+    return out
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from ltbench import executor, runner
+
+    try:
+        entries = executor.plan(args.profile, args.results, args.seeds, args.only,
+                                runner.parse_assignments(args.param), args.notebooks)
+    except (runner.ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=1))
+    else:
+        print(executor.format_plan(entries, args.profile))
+    return 0
+
+
+def _cmd_execute(args: argparse.Namespace) -> int:
+    from ltbench import executor, runner
+
+    try:
+        report = executor.execute(
+            args.profile, args.results, tiers=_parse_tiers(args.tiers), deadline=args.deadline,
+            workers=args.workers, seeds=args.seeds, only=args.only, overrides=runner.parse_assignments(args.param),
+            notebooks_dir=args.notebooks, device=args.device, data_root=args.data_root,
+            progress=False if args.no_progress else "auto", threads=args.threads, compile=args.compile,
+            fast=args.fast or False, pack=args.pack)
+    except (runner.ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if report.failed else 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from ltbench.runs import METHODS
+
+    print("\n".join(METHODS.table()))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -89,6 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             results_dir=args.results, notebooks_dir=args.notebooks,
             overrides=runner.parse_assignments(args.param), kernel_name=args.kernel,
             progress=not args.no_progress, dry_run=args.dry_run, **backend_options,
+            **({"cell_timeout": args.cell_timeout} if args.cell_timeout is not None else {}),
         )
     except runner.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -108,6 +220,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for w in out["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ltbench.session import main as session_main
+
+    # One implementation (exit 3: a refused conflicting run, 2: bad input): ltbench.session's.
+    return session_main(["import", *args.files, "--results", args.results, *(["--dry-run"] if args.dry_run else [])])
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
@@ -133,8 +252,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m ltbench`` and of the ``ltbench`` console script."""
     args = _build_parser().parse_args(argv)
     try:
-        return {"run": _cmd_run, "report": _cmd_report, "profiles": _cmd_profiles}[
-            args.command](args)
+        return {"plan": _cmd_plan, "execute": _cmd_execute, "methods": _cmd_methods, "run": _cmd_run,
+                "report": _cmd_report, "import": _cmd_import, "profiles": _cmd_profiles}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,18 +1,19 @@
-"""BBN: the bilateral-branch network with cumulative learning (SPEC §7).
+"""BBN: the bilateral-branch network with cumulative learning (docs/methods.md §7).
 
 Zhou, Cui, Wei, Chen, "BBN: Bilateral-Branch Network with Cumulative Learning for Long-Tailed
 Visual Recognition", CVPR 2020.
 
-Network (SPEC §7): a ResNet whose last residual block is duplicated. For ResNet-32 the shared
+Network (docs/methods.md §7): a ResNet whose last residual block is duplicated. For ResNet-32 the shared
 trunk is stem + stage 1 (5 blocks) + stage 2 (5) + the first 4 blocks of stage 3; then a
 conventional-branch block and a re-balancing-branch block (64 -> 64), each followed by global
 average pooling, give ``f_c`` and ``f_r``; one linear layer maps ``[f_c, f_r]`` (128) to C.
 
-Training step (SPEC §7): a batch ``(x_c, y_c)`` from the conventional sampler (``instance`` by
+Training step (docs/methods.md §7): a batch ``(x_c, y_c)`` from the conventional sampler (``instance`` by
 default) and a batch ``(x_r, y_r)`` of the same size from the re-balancing sampler (``reversed``
 by default) each pass through the trunk on their own, so BatchNorm sees each batch alone. With the
 adaptor ``alpha`` of the 1-based epoch ``e`` of ``E`` (cumulative learning, parabolic decay
-``alpha = 1 - ((e - 1) / E) ** 2`` by default)::
+``alpha = 1 - ((e - 1) / D) ** 2`` by default, ``D`` = :func:`bbn_alpha_divisor` of ``E``: ``E``
+itself, except 100 for ``E = 90`` and 200 for ``E = 180`` as in BBN's released combiner)::
 
     z    = fc(2 * [alpha * f_c(x_c), (1 - alpha) * f_r(x_r)])
     loss = alpha * CE(z, y_c) + (1 - alpha) * CE(z, y_r)
@@ -30,11 +31,16 @@ fields, so that everything that determines a BBN run is in ``metrics.json`` and 
 checkpoint's configuration check)::
 
     cfg = BBNConfig(dataset="cifar10", imbalance_ratio=50, bbn_adaptor="parabolic_decay")
-    result = train(cfg, out_dir, trainer_cls=BBNTrainer)
+    result = run(bbn_spec(cfg), RunStore(root))   # ltbench.runs / ltbench.methods
 
 ``cfg.sampler`` / ``cfg.sampler_params`` drive the conventional branch, ``cfg.bbn_sampler`` /
-``cfg.bbn_sampler_params`` the re-balancing branch; the recipe is SPEC §2 with the BBN lr
+``cfg.bbn_sampler_params`` the re-balancing branch; the recipe is docs/methods.md §2 with the BBN lr
 variant (``schedule="step_bbn"``, Nesterov), which is BBNConfig's default.
+
+Details of BBN's released loop (megvii-research/BBN ``main/train.py``, ``lib/net/network.py``)
+that BBNConfig / :func:`build_bbn` follow: the last partial batch is dropped (``drop_last=True``)
+and the classifier keeps PyTorch's default ``nn.Linear`` initialisation (the backbone's Kaiming
+initialisation does not reach it).
 """
 from __future__ import annotations
 
@@ -57,8 +63,8 @@ from .registry import Registry
 from .samplers import SAMPLERS, build_sampler
 
 __all__ = [
-    "ADAPTORS", "cumulative_alpha", "adaptor_alpha", "BBNNetwork", "build_bbn", "bbn_from_cifar_resnet",
-    "bbn_from_timm", "BBNConfig", "BBNTrainer", "BRANCHES", "load_branches",
+    "ADAPTORS", "cumulative_alpha", "adaptor_alpha", "bbn_alpha_divisor", "BBNNetwork", "build_bbn",
+    "bbn_from_cifar_resnet", "bbn_from_timm", "BBNConfig", "BBNTrainer", "BRANCHES", "load_branches",
 ]
 
 #: Names of the three predictions :meth:`BBNNetwork.branch_logits` returns.
@@ -85,7 +91,7 @@ def _progress(epoch: int, total_epochs: int) -> float:
 
 @ADAPTORS.register("parabolic_decay")
 def cumulative_alpha(epoch: int, total_epochs: int) -> float:
-    """BBN's cumulative-learning adaptor (SPEC §7), parabolic decay: ``1 - ((e - 1) / E) ** 2``.
+    """BBN's cumulative-learning adaptor (docs/methods.md §7), parabolic decay: ``1 - ((e - 1) / E) ** 2``.
 
     ``epoch`` is 1-based: ``alpha = 1`` in the first epoch (conventional branch only), 0.75 at
     ``e = E / 2 + 1`` and ``1 - ((E - 1) / E) ** 2`` (just above 0) in the last epoch.
@@ -123,12 +129,32 @@ def adaptor_alpha(name: str, epoch: int, total_epochs: int) -> float:
     return ADAPTORS.get(name)(epoch, total_epochs)
 
 
+#: Run lengths for which BBN's released combiner divides by a rounded-up epoch count.
+_ROUNDED_DIVISOR_EPOCHS = (90, 180)
+
+
+def bbn_alpha_divisor(total_epochs: int) -> int:
+    """The ``E`` the adaptors divide the epoch by in a run of ``total_epochs`` epochs (docs/methods.md §7).
+
+    BBN's released combiner (``lib/core/combiner.py``) uses ``100 * (E // 100 + 1)`` when the run
+    has 90 or 180 epochs (the iNaturalist "1x" / "2x" schedules), so ``D = 100`` and ``200`` and the
+    parabolic alpha of the last epoch stays at ``1 - (89/100) ** 2 = 0.208`` /
+    ``1 - (179/200) ** 2 = 0.199`` instead of falling to about 0.02 / 0.01; every other run length
+    (CIFAR's 200 included) divides by ``E`` itself.
+    """
+    if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
+        raise ValueError(f"total_epochs must be an int >= 1, got total_epochs={total_epochs!r}")
+    if total_epochs in _ROUNDED_DIVISOR_EPOCHS:
+        return 100 * (total_epochs // 100 + 1)
+    return total_epochs
+
+
 # --------------------------------------------------------------------------------------------
 # The network
 
 
 def _reinit_cifar_block(block: nn.Module) -> None:
-    """Kaiming-normal convolutions, unit BatchNorm (SPEC §2's initialisation)."""
+    """Kaiming-normal convolutions, unit BatchNorm (docs/methods.md §2's initialisation)."""
     for m in block.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight)
@@ -246,11 +272,12 @@ class BBNNetwork(nn.Module):
 
 
 def bbn_from_cifar_resnet(resnet: CifarResNet, num_classes: int) -> BBNNetwork:
-    """BBN from a CIFAR ResNet (SPEC §7): duplicate the last block of the last stage.
+    """BBN from a CIFAR ResNet (docs/methods.md §7): duplicate the last block of the last stage.
 
     The conventional block is the ResNet's own last block; the re-balancing block is a copy with
-    fresh Kaiming-normal weights; the classifier is a new ``Linear(2 D, C)`` (Kaiming normal,
-    zero bias, as SPEC §2).
+    fresh Kaiming-normal weights (as BBN's ``bbn_res32_cifar``); the classifier is a new
+    ``Linear(2 D, C)`` with PyTorch's default initialisation, as BBN's ``Network`` builds it
+    outside the Kaiming-initialised backbone.
     """
     if not isinstance(resnet, CifarResNet):
         raise ValueError(f"bbn_from_cifar_resnet needs a CifarResNet, got {type(resnet).__name__}")
@@ -260,10 +287,7 @@ def bbn_from_cifar_resnet(resnet: CifarResNet, num_classes: int) -> BBNNetwork:
     cb_block = last_stage[-1]
     rb_block = copy.deepcopy(cb_block)
     _reinit_cifar_block(rb_block)
-    net = BBNNetwork(_CifarTrunk(resnet), cb_block, rb_block, resnet.num_features, num_classes)
-    nn.init.kaiming_normal_(net.fc.weight)
-    nn.init.zeros_(net.fc.bias)
-    return net
+    return BBNNetwork(_CifarTrunk(resnet), cb_block, rb_block, resnet.num_features, num_classes)
 
 
 def bbn_from_timm(name: str, num_classes: int, pretrained: bool = False) -> BBNNetwork:
@@ -292,7 +316,7 @@ def bbn_from_timm(name: str, num_classes: int, pretrained: bool = False) -> BBNN
 
 def build_bbn(name: str, num_classes: int, pretrained: bool = False) -> BBNNetwork:
     """The BBN network of backbone ``name``: a CIFAR ResNet of :data:`ltbench.models.MODELS`
-    ('resnet32', SPEC §7) or ``'timm/<timm resnet>'`` for larger images."""
+    ('resnet32', docs/methods.md §7) or ``'timm/<timm resnet>'`` for larger images."""
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if name.startswith("timm/"):
@@ -307,28 +331,31 @@ def build_bbn(name: str, num_classes: int, pretrained: bool = False) -> BBNNetwo
 
 @dataclass
 class BBNConfig(TrainConfig):
-    """A :class:`TrainConfig` for BBN (SPEC §7): the recipe of §2 with the BBN lr variant, plus
+    """A :class:`TrainConfig` for BBN (docs/methods.md §7): the recipe of §2 with the BBN lr variant, plus
     the re-balancing branch's sampler and the adaptor.
 
     ``sampler`` / ``sampler_params``: the conventional branch's sampler (``instance``, uniform).
     ``bbn_sampler`` / ``bbn_sampler_params``: the re-balancing branch's (``reversed``).
     ``bbn_adaptor``: a name of :data:`ADAPTORS` (``parabolic_decay`` = :func:`cumulative_alpha`).
+    ``drop_last`` defaults to True here: BBN's released loop drops the last partial batch.
     """
 
     #: Only BBNTrainer (and its subclasses) train it: :meth:`Trainer.check_config`.
     TRAINER: ClassVar[str] = "ltbench.bbn.BBNTrainer"
 
     schedule: str = "step_bbn"
+    drop_last: bool = True
     bbn_sampler: str = "reversed"
     bbn_sampler_params: Dict[str, Any] = field(default_factory=dict)
     bbn_adaptor: str = "parabolic_decay"
 
     @classmethod
     def from_train_config(cls, cfg: TrainConfig, **options: Any) -> "BBNConfig":
-        """A BBNConfig with every field of ``cfg``, BBN's lr variant (``schedule="step_bbn"``, SPEC §7)
-        unless ``options`` name another schedule, and the given ``bbn_*`` options / other overrides."""
+        """A BBNConfig with every field of ``cfg``, BBN's lr variant (``schedule="step_bbn"``, docs/methods.md §7)
+        and BBN's ``drop_last=True`` unless ``options`` set them, and the given ``bbn_*`` options /
+        other overrides."""
         fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
-        return cls(**fields).replace(**{"schedule": "step_bbn", **options})
+        return cls(**fields).replace(**{"schedule": "step_bbn", "drop_last": True, **options})
 
     def validate(self) -> "BBNConfig":
         super().validate()
@@ -344,7 +371,7 @@ class BBNConfig(TrainConfig):
         if not isinstance(self.bbn_sampler_params, dict):
             raise ValueError(f"invalid bbn_sampler_params={self.bbn_sampler_params!r}: must be a dict")
         if self.classifier != "linear":
-            raise ValueError(f"invalid classifier={self.classifier!r} for BBN: must be 'linear' (SPEC §7)")
+            raise ValueError(f"invalid classifier={self.classifier!r} for BBN: must be 'linear' (docs/methods.md §7)")
         if self.drs_epoch is not None:
             raise ValueError(f"invalid drs_epoch={self.drs_epoch!r} for BBN: must be None (the re-balancing "
                              "branch has its own sampler, bbn_sampler)")
@@ -363,7 +390,7 @@ def _sampler_options(name: str, cfg: TrainConfig, num_classes: int, params: Dict
 
 
 class BBNTrainer(Trainer):
-    """Trains a :class:`BBNConfig` with BBN's two-sampler step and cumulative learning (SPEC §7).
+    """Trains a :class:`BBNConfig` with BBN's two-sampler step and cumulative learning (docs/methods.md §7).
 
     Per epoch ``t`` (0-based) the adaptor gives ``alpha`` of the 1-based epoch ``t + 1`` once,
     as a 0-d tensor on the device (no host synchronisation inside the step). The history gets an
@@ -392,7 +419,7 @@ class BBNTrainer(Trainer):
         model = build_bbn(self.cfg.model, self.num_classes)
         head = get_classifier(model)
         if getattr(self.loss_fn, "uses_sigmoid", False):
-            nn.init.constant_(head.bias, -math.log(max(self.num_classes - 1, 1)))  # SPEC §2
+            nn.init.constant_(head.bias, -math.log(max(self.num_classes - 1, 1)))  # docs/methods.md §2
         return model
 
     def build_samplers(self) -> Dict[str, Any]:
@@ -407,8 +434,9 @@ class BBNTrainer(Trainer):
 
     # -- per-epoch / per-step -------------------------------------------------------------------
     def alpha(self, epoch: int) -> float:
-        """``alpha`` of 0-based ``epoch`` (the adaptor at 1-based ``epoch + 1`` of ``cfg.epochs``)."""
-        return self.alpha_fn(epoch + 1, self.cfg.epochs)
+        """``alpha`` of 0-based ``epoch``: the adaptor at 1-based ``epoch + 1`` with the divisor
+        :func:`bbn_alpha_divisor` of ``cfg.epochs`` (``cfg.epochs`` itself except for 90 and 180)."""
+        return self.alpha_fn(epoch + 1, bbn_alpha_divisor(self.cfg.epochs))
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
@@ -457,10 +485,10 @@ class BBNTrainer(Trainer):
         y = torch.cat(targets)
         return {k: EvalResult.from_logits(torch.cat(v), y, self.counts) for k, v in logits.items()}
 
-    def fit(self, out_dir: Optional[str | os.PathLike] = None) -> TrainResult:
+    def fit(self, out_dir: Optional[str | os.PathLike] = None, deadline: Optional[float] = None) -> TrainResult:
         """Train, then record the combined model and each branch alone on the test set in
-        ``result.extras["branches"]`` (saved to ``extras.json`` by :func:`ltbench.engine.train`)."""
-        result = super().fit(out_dir)
+        ``result.extras["branches"]`` (saved to ``extras.json`` with the run)."""
+        result = super().fit(out_dir, deadline=deadline)
         result.extras["branches"] = {k: dataclasses.asdict(v) for k, v in self.evaluate_branches().items()}
         return result
 
@@ -473,8 +501,8 @@ class BBNTrainer(Trainer):
         path = Path(out_dir) / CHECKPOINT_FILE
         if not path.exists():
             raise FileNotFoundError(f"no BBN checkpoint at {path}; train it first with "
-                                    "train(cfg, out_dir, trainer_cls=BBNTrainer)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+                                    "ltbench.runs.run(ltbench.methods.bbn_spec(cfg), store)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
         try:
             cfg = BBNConfig.from_dict(state["config"])
         except ValueError as exc:

@@ -12,7 +12,7 @@ Collectives: :func:`all_reduce_mean` (per-epoch scalars), :func:`broadcast_buffe
 statistics from rank 0 before evaluation, so every rank evaluates the model rank 0 saves),
 :func:`gather_shards` (evaluation predictions, each rank holding positions ``rank::world_size`` of
 the test set, reassembled in test-set order). Stateful losses all-reduce their own statistics
-(SPEC §4, ``ltbench.losses._base``).
+(docs/methods.md §4, ``ltbench.losses._base``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one training engine behind every notebook (SPEC §2-§6).
+"""The one training engine behind every run (docs/methods.md §2-§6).
 
 ``Trainer`` holds the data on the device, draws batches as index tensors from a sampler, runs
 batched augmentation and one optimiser step per batch with no host synchronisation inside the
@@ -11,13 +11,16 @@ plug in through four hooks that are no-ops here (:meth:`Trainer.build_dataset`,
 :meth:`Trainer.wrap_model`, :meth:`Trainer.augment_generator`, ``world_size``); see
 :mod:`ltbench.train`.
 
-``train(cfg, out_dir)`` is the entry point the notebooks call: it skips a run whose
-``metrics.json`` already exists for the same configuration and resumes an interrupted one.
+The engine knows nothing of run identity, reuse or storage: :func:`ltbench.runs.run` decides
+whether a run is finished, where it lives and which trainer trains it, then calls
+:meth:`Trainer.fit` with the run's folder (for checkpoints) and, optionally, a deadline.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
@@ -26,14 +29,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import TrainConfig
 from .data import DeviceDataset, LongTailedData, build_long_tailed
-from . import runcache
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .losses import build_loss, class_balanced_weights
 from .metrics import confusion_matrix, expected_calibration_error, per_class_accuracy, shot_accuracy
@@ -44,6 +46,35 @@ from .schedules import learning_rate
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 EXTRAS_FILE = "extras.json"
+
+#: TrainConfig fields that say how a run executes, not what it computes: they are not part of a
+#: run's identity (:class:`ltbench.runs.RunSpec`), and a checkpoint resumes across them.
+EXECUTION_FIELDS = ("device", "compile", "data_root", "checkpoint_every", "channels_last")
+
+#: Keys of ``metrics.json`` that :meth:`TrainResult.load` returns as ``meta`` (the run's identity
+#: and how it was executed; see :func:`ltbench.runs.run`).
+META_KEYS = ("key", "spec", "execution")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training epoch's loss was NaN or infinite: training stops, the last good checkpoint stays."""
+
+    def __init__(self, run: str, epoch: int, lr: Optional[float], checkpoint: Optional[Path]) -> None:
+        self.run, self.epoch, self.lr, self.checkpoint = run, epoch, lr, checkpoint
+        kept = f"the last good checkpoint {checkpoint} is kept" if checkpoint else "no checkpoint was written"
+        super().__init__(f"run {run}: the training loss became non-finite (NaN or inf) in epoch {epoch} at lr={lr}; "
+                         f"likely causes: a learning rate too high for this loss/batch (training diverged), or "
+                         f"non-finite inputs in the data; {kept}")
+
+
+class DeadlineReached(RuntimeError):
+    """:meth:`Trainer.fit` stopped at a deadline after checkpointing a finished epoch; calling it
+    again with the same folder resumes from there."""
+
+    def __init__(self, epoch: int, epochs: int, checkpoint: Optional[Path]) -> None:
+        self.epoch, self.epochs, self.checkpoint = epoch, epochs, checkpoint
+        super().__init__(f"deadline reached after epoch {epoch} of {epochs}; "
+                         f"{'checkpoint ' + str(checkpoint) if checkpoint else 'no checkpoint (no folder)'}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -75,25 +106,26 @@ _DEVICE_CACHE: Dict[Tuple, DeviceDataset] = {}
 def load_data(cfg: TrainConfig) -> LongTailedData:
     """The long-tailed data of ``cfg``, memoised in-process so runs in one notebook share it."""
     key = (cfg.dataset, float(cfg.imbalance_ratio), cfg.data_root, cfg.n_max, cfg.lt_profile, cfg.data_seed,
-           cfg.test_per_class, json.dumps(cfg.data_options, sort_keys=True))
+           cfg.test_per_class, cfg.val_per_class, json.dumps(cfg.data_options, sort_keys=True))
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = build_long_tailed(
             cfg.dataset, cfg.imbalance_ratio, root=cfg.data_root, n_max=cfg.n_max, profile=cfg.lt_profile,
-            seed=cfg.data_seed, test_per_class=cfg.test_per_class, **cfg.data_options)
+            seed=cfg.data_seed, test_per_class=cfg.test_per_class, val_per_class=cfg.val_per_class,
+            **cfg.data_options)
     return _DATA_CACHE[key]
 
 
 def _device_dataset(data: LongTailedData, split: str, device: torch.device, channels_last: bool) -> DeviceDataset:
     key = (id(data), split, str(device), channels_last)
     if key not in _DEVICE_CACHE:
-        s = data.train if split == "train" else data.test
+        s = {"train": data.train, "test": data.test, "val": getattr(data, "val", None)}[split]
         _DEVICE_CACHE[key] = DeviceDataset(s.images, s.targets, device, channels_last=channels_last)
     return _DEVICE_CACHE[key]
 
 
 @dataclass
 class EvalResult:
-    """Test-set metrics of one evaluation (SPEC §3); accuracies in percent."""
+    """Test-set metrics of one evaluation (docs/methods.md §3); accuracies in percent."""
 
     top1: float
     per_class: List[float]
@@ -136,6 +168,10 @@ class TrainResult:
     device: str
     meta: Dict[str, Any] = field(default_factory=dict)
     extras: Dict[str, Any] = field(default_factory=dict)  # per-method records, e.g. loss statistics per epoch
+    #: Model selection on the validation split (runs with ``val_per_class``): the epoch with the best
+    #: validation top-1 (``best_epoch_val``), that top-1 (``best_val_top1``) and the test top-1 at
+    #: that epoch (``top1_at_best_val``, the number to report instead of the test-picked best).
+    val: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def top1_last(self) -> float:
@@ -153,20 +189,22 @@ class TrainResult:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             counts=self.counts, classes=self.classes, per_class=self.last.per_class,
             confusion=self.last.confusion, config=self.config,
+            best_epoch_val=self.val.get("best_epoch_val"), best_val_top1=self.val.get("best_val_top1"),
+            top1_at_best_val=self.val.get("top1_at_best_val"),
         )
         return m
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``per_class.csv``, ``curves.csv`` and (last, marking completion) ``metrics.json``."""
         out = Path(out_dir)
-        rows = ["class,name,train_count,accuracy"] + [
-            f"{i},{n},{c},{'' if a is None else f'{a:.4f}'}"
+        rows = [["class", "name", "train_count", "accuracy"]] + [
+            [i, n, c, "" if a is None else f"{a:.4f}"]
             for i, (n, c, a) in enumerate(zip(self.classes, self.counts, self.last.per_class))
         ]
-        atomic_write_text(out / "per_class.csv", "\n".join(rows) + "\n")
+        atomic_write_text(out / "per_class.csv", _csv_text(rows))
         keys = list(self.history[0].keys()) if self.history else ["epoch"]
-        lines = [",".join(keys)] + [",".join("" if h.get(k) is None else f"{h[k]:.6g}" for k in keys) for h in self.history]
-        atomic_write_text(out / "curves.csv", "\n".join(lines) + "\n")
+        rows = [keys] + [["" if h.get(k) is None else f"{h[k]:.6g}" for k in keys] for h in self.history]
+        atomic_write_text(out / "curves.csv", _csv_text(rows))
         if self.extras:
             atomic_write_json(out / EXTRAS_FILE, self.extras)
         return atomic_write_json(out / METRICS_FILE, self.to_metrics())
@@ -178,15 +216,21 @@ class TrainResult:
         history: List[Dict[str, Any]] = []
         curves = Path(out_dir) / "curves.csv"
         if curves.exists():
-            lines = curves.read_text().strip().splitlines()
-            keys = lines[0].split(",")
-            for line in lines[1:]:
-                history.append({k: (float(v) if v != "" else None) for k, v in zip(keys, line.split(","))})
-        meta = {k: m[k] for k in runcache.META_KEYS if k in m}
+            with open(curves, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    history.append({k: (float(v) if v != "" else None) for k, v in row.items()})
+        meta = {k: m[k] for k in META_KEYS if k in m}
         extras_file = Path(out_dir) / EXTRAS_FILE
         extras = json.loads(extras_file.read_text()) if extras_file.exists() else {}
+        val = {k: m[k] for k in ("best_epoch_val", "best_val_top1", "top1_at_best_val") if m.get(k) is not None}
         return cls(m["config"], m["counts"], m["classes"], last, m["top1_best"], m["best_epoch"], history,
-                   m["train_seconds"], m["device"], meta, extras)
+                   m["train_seconds"], m["device"], meta, extras, val)
+
+
+def _csv_text(rows: List[List[Any]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 class Trainer:
@@ -196,22 +240,25 @@ class Trainer:
     world_size: int = 1
     #: The configuration class this trainer trains (subclasses of it included).
     config_cls: type = TrainConfig
+    #: Runs an epoch's steps instead of the eager loop of :meth:`train_epoch` when set: the fast
+    #: path of :mod:`ltbench.fastpath` (static shapes, whole-step graphs), an execution option.
+    step_runner: Any = None
 
     @classmethod
     def check_config(cls, cfg: TrainConfig) -> None:
         """Refuse a configuration this class cannot train, before any data is loaded.
 
-        A config subclass that names its trainer (``TRAINER``, e.g. :class:`~ltbench.bbn.BBNConfig`)
-        is refused by other trainers: a plain :class:`Trainer` would silently train an ordinary
-        network on it.
+        The configuration's class must be exactly :attr:`config_cls`: a :class:`Trainer` given a
+        :class:`~ltbench.bbn.BBNConfig` would silently train an ordinary network. The method
+        registry (:data:`ltbench.runs.METHODS`) pairs every configuration class with its trainer.
         """
-        if not isinstance(cfg, cls.config_cls):
+        if not isinstance(cfg, TrainConfig) or type(cfg) is not cls.config_cls:
+            from .runs import METHODS  # noqa: PLC0415 - the registry imports the engine
+
+            hint = [m.name for m in METHODS.values() if m.config_cls is type(cfg)]
             raise ValueError(f"{cls.__name__} trains a {cls.config_cls.__name__}, got cfg of type "
-                             f"{type(cfg).__name__}")
-        needed = getattr(type(cfg), "TRAINER", None)
-        if needed and needed not in {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}:
-            raise ValueError(f"cfg is a {type(cfg).__name__}, which {cls.__name__} cannot train: pass "
-                             f"trainer_cls={needed.rsplit('.', 1)[-1]} (from {needed.rsplit('.', 1)[0]})")
+                             f"{type(cfg).__name__}" + (f"; run it as method {' / '.join(map(repr, hint))} "
+                                                        "(ltbench.runs.METHODS)" if hint else ""))
 
     @classmethod
     def check_arguments(cls, cfg: TrainConfig, **kwargs: Any) -> None:
@@ -238,6 +285,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (cfg.amp and cuda) else None
         self.train_set = self.build_dataset("train")
         self.test_set = self.build_dataset("test")
+        self.val_set = self.build_val_set()
         self.counts = list(self.data.counts)
         self.num_classes = len(self.counts)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -253,6 +301,7 @@ class Trainer:
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
         self.best_top1, self.best_epoch = -1.0, -1
+        self.best_val: Dict[str, Any] = {}
         self.last_eval: Optional[EvalResult] = None
         self.train_seconds = 0.0
         self.extras: Dict[str, Any] = {}
@@ -262,6 +311,10 @@ class Trainer:
         """The ``"train"`` / ``"test"`` split as the engine uses it (``batch``, ``iterate``, ``targets``):
         device-resident here; streamed from disk by :mod:`ltbench.train` for large datasets."""
         return _device_dataset(self.data, split, self.device, self.channels_last)
+
+    def build_val_set(self) -> Any:
+        """The validation split (same interface as the test split), or None when the run has none."""
+        return self.build_dataset("val") if getattr(self.data, "val", None) is not None else None
 
     def wrap_model(self, model: nn.Module) -> Any:
         """The callable that training steps run (``self.forward``): the model, compiled if asked;
@@ -280,7 +333,7 @@ class Trainer:
         model = build_model(self.cfg.model, self.num_classes, classifier=self.cfg.classifier)
         head = get_classifier(model)
         if getattr(self.loss_fn, "uses_sigmoid", False) and getattr(head, "bias", None) is not None:
-            # SPEC §2: sigmoid losses start from the prior 1/C.
+            # docs/methods.md §2: sigmoid losses start from the prior 1/C.
             nn.init.constant_(head.bias, -math.log(max(self.num_classes - 1, 1)))
         return model
 
@@ -292,7 +345,7 @@ class Trainer:
         head = get_classifier(self.model)
         no_decay = set()
         if getattr(self.loss_fn, "uses_sigmoid", False) and getattr(head, "bias", None) is not None:
-            no_decay.add(id(head.bias))  # SPEC §2: the prior bias is not decayed
+            no_decay.add(id(head.bias))  # docs/methods.md §2: the prior bias is not decayed
         params = self.trainable_parameters()
         groups = [
             {"params": [p for _, p in params if id(p) not in no_decay], "weight_decay": cfg.weight_decay},
@@ -362,13 +415,24 @@ class Trainer:
             rec.append({"epoch": epoch + 1, **{k: v.detach().float().cpu().tolist() for k, v in stats.items()}})
 
     # -- loop ---------------------------------------------------------------------------------
+    def eval_logit_scale(self) -> float:
+        """The factor between the model's output and the logits its loss sees: LDAM's ``s`` on a
+        cosine head (which outputs cosines), else 1. Evaluation multiplies by it, so the softmax
+        behind ECE is the one the loss trained; predictions do not change."""
+        from .losses.ldam import LDAMLoss
+
+        return float(self.loss_fn.s) if isinstance(self.loss_fn, LDAMLoss) else 1.0
+
     @torch.no_grad()
-    def evaluate(self, batch_size: int = 1000) -> EvalResult:
+    def evaluate(self, batch_size: int = 1000, split: str = "test") -> EvalResult:
+        """Metrics of the ``"test"`` (default) or ``"val"`` split."""
+        dataset = {"test": self.test_set, "val": self.val_set}[split]
         self.model.eval()
         logits, targets = [], []
-        for x, y in self.test_set.iterate(batch_size):
+        scale = self.eval_logit_scale()
+        for x, y in dataset.iterate(batch_size):
             with self.autocast():
-                logits.append(self.predict(x).float())
+                logits.append(self.predict(x).float() * scale)
             targets.append(y)
         self.model.train()
         return EvalResult.from_logits(torch.cat(logits), torch.cat(targets), self.counts)
@@ -377,33 +441,66 @@ class Trainer:
         self.model.train()
         self.on_epoch_start(epoch)
         gen = self.augment_generator(epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        steps = 0
-        for batch in self.epoch_batches(epoch):
-            loss = self.training_step(batch, epoch, gen)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.detach()
-            steps += 1
+        if self.step_runner is not None:
+            loss_sum, steps = self.step_runner.run_epoch(epoch, gen)
+        else:
+            loss_sum = torch.zeros((), device=self.device)
+            steps = 0
+            for batch in self.epoch_batches(epoch):
+                loss = self.training_step(batch, epoch, gen)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                loss_sum += loss.detach()
+                steps += 1
         return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": float(loss_sum) / max(steps, 1)}
 
-    def fit(self, out_dir: Optional[str | os.PathLike] = None) -> "TrainResult":
+    def fit(self, out_dir: Optional[str | os.PathLike] = None, deadline: Optional[float] = None) -> "TrainResult":
+        """Train from the checkpoint in ``out_dir`` (if any) to the last epoch and evaluate.
+
+        ``deadline`` (``time.time()`` seconds): once an epoch ends at or after it, the state is
+        checkpointed and :class:`DeadlineReached` is raised; a later call resumes exactly there.
+        """
+        loop = self.fit_epochs(out_dir, deadline)
+        row = None
+        while True:
+            try:
+                epoch = loop.send(row)
+            except StopIteration as done:
+                return done.value
+            row = self.train_epoch(epoch)
+
+    def fit_epochs(self, out_dir: Optional[str | os.PathLike] = None,
+                   deadline: Optional[float] = None) -> Generator[int, Optional[Dict[str, Any]], "TrainResult"]:
+        """:meth:`fit` as a generator: yields each epoch to train and receives its
+        :meth:`train_epoch` row; returns the result. Everything else of an epoch (loss check,
+        evaluation, history, checkpoint, deadline) happens here. A driver training several runs
+        in one step (:mod:`ltbench.fastpath` packs) sends each run its row, with ``"_seconds"``
+        (this run's share of the epoch's time) and ``"_stop"`` (the deadline decision, the same
+        for every run of the pack) when it decides them itself.
+        """
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         ckpt = Path(out_dir) / CHECKPOINT_FILE if out_dir is not None else None
         if ckpt is not None and ckpt.exists():
             self.load_checkpoint(ckpt)
-        bar = tqdm(range(self.start_epoch, cfg.epochs), desc=f"{cfg.loss}/{cfg.sampler} {cfg.dataset}-IR{cfg.imbalance_ratio:g}",
-                   disable=not self.progress, leave=False, mininterval=1.0)
+        label = getattr(self, "label", None) or f"{cfg.loss}/{cfg.sampler} {cfg.dataset}-IR{cfg.imbalance_ratio:g}"
+        bar = tqdm(range(self.start_epoch, cfg.epochs), desc=label, disable=not self.progress, leave=False,
+                   mininterval=1.0)
         for epoch in bar:
             t0 = time.perf_counter()
-            row = self.train_epoch(epoch)
+            row = yield epoch
+            seconds, decided_stop = row.pop("_seconds", None), row.pop("_stop", None)
+            if not math.isfinite(row["train_loss"]):
+                # Read once per epoch (the epoch's summed loss): no host sync inside the step. The
+                # weights may already be non-finite, so nothing of this epoch is saved.
+                bar.close()
+                raise NonFiniteLoss(label, epoch + 1, row.get("lr"), ckpt if ckpt is not None and ckpt.exists() else None)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.train_seconds += time.perf_counter() - t0
+            self.train_seconds += time.perf_counter() - t0 if seconds is None else seconds
             row["test_top1"] = None
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 ev = self.evaluate()
@@ -411,23 +508,39 @@ class Trainer:
                 row["test_top1"] = ev.top1
                 if ev.top1 > self.best_top1:
                     self.best_top1, self.best_epoch = ev.top1, epoch + 1
+                if self.val_set is not None:
+                    vev = self.evaluate(split="val")
+                    row["val_top1"] = vev.top1
+                    if vev.top1 > self.best_val.get("best_val_top1", -1.0):
+                        self.best_val = {"best_epoch_val": epoch + 1, "best_val_top1": vev.top1,
+                                         "top1_at_best_val": ev.top1}
+            elif self.val_set is not None:
+                row["val_top1"] = None
             self.on_epoch_end(epoch, row)
             self.history.append(row)
             self.start_epoch = epoch + 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=row["test_top1"] and f"{row['test_top1']:.1f}")
-            if ckpt is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+            last = epoch + 1 == cfg.epochs
+            stop = deadline is not None and not last and time.time() >= deadline
+            if decided_stop is not None:
+                stop = bool(decided_stop) and not last
+            if ckpt is not None and (stop or last or (epoch + 1) % cfg.checkpoint_every == 0):
                 self.save_checkpoint(ckpt)
+            if stop:
+                bar.close()
+                raise DeadlineReached(epoch + 1, cfg.epochs, ckpt)
         if self.last_eval is None:
             self.last_eval = self.evaluate()
         return TrainResult(cfg.to_dict(), self.counts, list(self.data.classes), self.last_eval, self.best_top1,
                            self.best_epoch, self.history, self.train_seconds, device_name(self.device),
-                           extras=self.extras)
+                           extras=self.extras, val=dict(self.best_val))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "epoch": self.start_epoch, "model": self.model.state_dict(),
+        return {"config": self.cfg.to_dict(), "key": getattr(self, "run_key", None), "epoch": self.start_epoch,
+                "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict(), "history": self.history,
-                "best": (self.best_top1, self.best_epoch), "train_seconds": self.train_seconds,
+                "best": (self.best_top1, self.best_epoch), "best_val": self.best_val, "train_seconds": self.train_seconds,
                 "last_eval": None if self.last_eval is None else self.last_eval.__dict__,
                 "num_classes": self.num_classes, "counts": self.counts, "extras": self.extras}
 
@@ -435,109 +548,24 @@ class Trainer:
         atomic_torch_save(path, self.state_dict())
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != self.cfg.to_dict():
-            changed = sorted(k for k in state["config"] if state["config"].get(k) != self.cfg.to_dict().get(k))
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        mine, theirs = self.cfg.to_dict(), state["config"]
+        changed = sorted(k for k in set(mine) | set(theirs)
+                         if k not in EXECUTION_FIELDS and theirs.get(k) != mine.get(k))
+        if changed:
             raise ValueError(f"checkpoint {path} was written by a different configuration (differs in {changed}); "
                              "delete it or use another out_dir")
+        mine_key, their_key = getattr(self, "run_key", None), state.get("key")
+        if mine_key and their_key and mine_key != their_key:
+            raise ValueError(f"checkpoint {path} belongs to run {their_key}, not {mine_key} (same configuration, "
+                             "another method or method parameters); delete it or move it to its run's folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss_fn.load_state_dict(state["loss"])
         self.history = state["history"]
         self.best_top1, self.best_epoch = state["best"]
+        self.best_val = dict(state.get("best_val") or {})
         self.train_seconds = state["train_seconds"]
         self.last_eval = EvalResult(**state["last_eval"]) if state["last_eval"] else None
         self.start_epoch = state["epoch"]
         self.extras = state.get("extras", {})
-
-
-def trainer_record(trainer_cls: type, trainer_kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """What :func:`train` stores as ``metrics.json["trainer"]``: the class and its keyword arguments
-    (JSON values as they are, anything else by ``repr``), so a finished run is reused only by the
-    same trainer with the same arguments (OHEM's ``keep_ratio`` is not part of the config)."""
-    kwargs = dict(trainer_kwargs)
-    # Defaults made explicit, so keep_ratio=0.5 and an omitted keep_ratio name the same run.
-    for name, p in inspect.signature(trainer_cls).parameters.items():
-        if name not in _NOT_RECORDED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
-                and p.default is not p.empty:
-            kwargs.setdefault(name, p.default)
-    for name in _NOT_RECORDED:
-        kwargs.pop(name, None)
-    return json.loads(json.dumps({"class": f"{trainer_cls.__module__}.{trainer_cls.__qualname__}",
-                                  "kwargs": {k: kwargs[k] for k in sorted(kwargs)}}, default=repr))
-
-
-#: Trainer arguments that do not change what a run computes.
-_NOT_RECORDED = ("cfg", "data", "progress")
-
-
-def _reusable(done: TrainResult, cfg: TrainConfig, trainer: Dict[str, Any], out_dir: Path,
-              require_checkpoint: bool) -> bool:
-    if done.config != cfg.to_dict():
-        return False
-    # Results written before the trainer was recorded count as the plain trainer's.
-    stored = done.meta.get("trainer", {"class": f"{Trainer.__module__}.{Trainer.__qualname__}", "kwargs": {}})
-    if stored != trainer:
-        # Same config, another trainer or other arguments: a different run. Like a checkpoint of
-        # another configuration, it is not silently overwritten.
-        raise ValueError(f"{out_dir} holds a finished run of trainer {stored['class']} with {stored['kwargs']}, "
-                         f"not {trainer['class']} with {trainer['kwargs']}; use another out_dir, or force=True "
-                         "to replace it")
-    return not require_checkpoint or (out_dir / CHECKPOINT_FILE).is_file()
-
-
-def train(
-    cfg: TrainConfig,
-    out_dir: Optional[str | os.PathLike] = None,
-    meta: Optional[Dict[str, Any]] = None,
-    force: bool = False,
-    progress: bool = True,
-    trainer_cls: type = Trainer,
-    require_checkpoint: bool = False,
-    **trainer_kwargs: Any,
-) -> TrainResult:
-    """Train ``cfg`` (or load its finished result) and save it under ``out_dir``.
-
-    A run whose ``metrics.json`` exists with the same configuration, trainer class and trainer
-    arguments is loaded, not retrained (unless ``force``); an interrupted run resumes from
-    ``checkpoint.pt``. ``require_checkpoint``: the caller needs the finished weights (a stage-1 or
-    FSA phase-I run), so a finished result without ``checkpoint.pt`` (checkpoints are not
-    committed with ``results/``) is trained again, deterministically, to rebuild them. ``meta``
-    (paper, table, method, published_method, notebook, profile, ...) is recorded in
-    ``metrics.json``. With ``$LTBENCH_RUN_INDEX`` set (the runner sets it), a run that another
-    notebook already finished with the same configuration and trainer is copied, not retrained
-    (:mod:`ltbench.runcache`). Bad arguments raise before any file is read or removed.
-    """
-    trainer_cls.check_arguments(cfg, **trainer_kwargs)
-    trainer = trainer_record(trainer_cls, trainer_kwargs)
-    meta = dict(meta or {}, trainer=trainer)
-    if out_dir is not None:
-        out = Path(out_dir)
-        key = runcache.run_key(cfg.to_dict(), trainer_cls, trainer["kwargs"])
-        metrics = out / METRICS_FILE
-        if metrics.exists() and not force:
-            try:
-                done: Optional[TrainResult] = TrainResult.load(out_dir)
-            except (KeyError, ValueError):
-                done = None  # an unreadable result is recomputed
-            if done is not None and _reusable(done, cfg, trainer, out, require_checkpoint):
-                runcache.record(key, out_dir)
-                return done
-            if require_checkpoint and progress and not (out / CHECKPOINT_FILE).is_file():
-                print(f"{out}: finished result has no {CHECKPOINT_FILE}; training it again to rebuild the weights")
-        if force:
-            for f in (metrics, out / CHECKPOINT_FILE):
-                f.unlink(missing_ok=True)
-        shared = None if force else runcache.lookup(key, exclude=out)
-        if shared is not None and (not require_checkpoint or (shared / CHECKPOINT_FILE).is_file()):
-            runcache.adopt(shared, out_dir, meta)
-            done = TrainResult.load(out_dir)
-            if _reusable(done, cfg, trainer, out, require_checkpoint):
-                return done
-    trainer = trainer_cls(cfg, progress=progress, **trainer_kwargs)
-    result = trainer.fit(out_dir)
-    result.meta = meta
-    if out_dir is not None:
-        result.save(out_dir)
-        runcache.record(key, out_dir)
-    return result

@@ -1,6 +1,6 @@
-"""Feature space augmentation for long-tailed data (FSA; Chu, Bian, Liu and Ling, ECCV 2020), SPEC §8.
+"""Feature space augmentation for long-tailed data (FSA; Chu, Bian, Liu and Ling, ECCV 2020), docs/methods.md §8.
 
-Phase I is a normally trained network (the CE baseline; a :func:`ltbench.engine.train` folder).
+Phase I is a normally trained network (the CE baseline, a ``joint`` run).
 Phase II freezes its feature extractor and fine-tunes only the classifier on real features plus
 augmented tail-class features built in feature space:
 
@@ -35,8 +35,6 @@ Implementation choices (documented here, shown in notebook 06):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,8 +48,7 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .data import DeviceDataset
-from .engine import CHECKPOINT_FILE, Trainer, TrainResult, train
-from .io import atomic_write_json
+from .engine import CHECKPOINT_FILE, Trainer
 from .models import build_model, get_classifier
 
 __all__ = [
@@ -59,13 +56,12 @@ __all__ = [
     "check_phase2_config", "normalize_maps", "class_activation_maps",
     "Decomposition", "decompose", "split_head_tail", "confusion_scores", "confusing_classes",
     "mix_features", "extract_features", "AugmentedBatch", "FeatureAugmenter", "build_augmenter",
-    "load_phase1", "phase1_model", "phase2_config", "FSATrainer", "train_fsa",
+    "load_phase1", "phase1_model", "phase2_config", "FSATrainer",
 ]
 
 DEFAULT_TAU_S = 0.8
 DEFAULT_TAU_G = 0.2
 HEAD_FRACTION = 0.9
-FSA_FILE = "fsa.json"
 PathLike = Union[str, Path]
 
 
@@ -85,17 +81,17 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def check_thresholds(tau_s: float = DEFAULT_TAU_S, tau_g: float = DEFAULT_TAU_G) -> Tuple[float, float]:
-    """Validate the decomposition thresholds: ``0 < tau_g <= tau_s < 1`` (SPEC §8)."""
+    """Validate the decomposition thresholds: ``0 < tau_g <= tau_s < 1`` (docs/methods.md §8)."""
     s = _real("tau_s", tau_s, "in (0, 1) with tau_g <= tau_s")
     g = _real("tau_g", tau_g, "in (0, 1) with tau_g <= tau_s")
     if not 0.0 < g <= s < 1.0:
         raise ValueError(
-            f"FSA thresholds must satisfy 0 < tau_g <= tau_s < 1 (SPEC §8), got tau_s={tau_s!r}, tau_g={tau_g!r}")
+            f"FSA thresholds must satisfy 0 < tau_g <= tau_s < 1 (docs/methods.md §8), got tau_s={tau_s!r}, tau_g={tau_g!r}")
     return s, g
 
 
 def check_head_fraction(head_fraction: float = HEAD_FRACTION) -> float:
-    """Validate the head/tail split's sample fraction: a real number in (0, 1] (SPEC §8 uses 0.9)."""
+    """Validate the head/tail split's sample fraction: a real number in (0, 1] (docs/methods.md §8 uses 0.9)."""
     f = _real("head_fraction", head_fraction, "in (0, 1]")
     if not 0.0 < f <= 1.0:
         raise ValueError(f"head_fraction must be in (0, 1], got head_fraction={head_fraction!r}")
@@ -104,7 +100,7 @@ def check_head_fraction(head_fraction: float = HEAD_FRACTION) -> float:
 
 def check_n_f(n_f: int, num_classes: Optional[int] = None) -> int:
     """Validate the number of confusing classes: a positive int, at most ``num_classes - 1`` (a
-    class is never its own confusing class; SPEC §8 uses 3)."""
+    class is never its own confusing class; docs/methods.md §8 uses 3)."""
     _positive_int("n_f", n_f)
     if num_classes is not None and n_f > num_classes - 1:
         raise ValueError(f"n_f must be a positive int <= num_classes - 1 = {num_classes - 1} (the other classes "
@@ -120,7 +116,7 @@ def check_fsa_params(
     head_fraction: float = HEAD_FRACTION,
     num_classes: Optional[int] = None,
 ) -> None:
-    """Validate every FSA hyperparameter of SPEC §8 at once (``n_f`` against ``num_classes`` when
+    """Validate every FSA hyperparameter of docs/methods.md §8 at once (``n_f`` against ``num_classes`` when
     given), so callers can reject a bad one before loading data or touching a run folder."""
     check_thresholds(tau_s, tau_g)
     check_n_f(n_f, num_classes)
@@ -144,7 +140,7 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
 def class_activation_maps(
     feature_map: Tensor, weight: Tensor, classes: Optional[Tensor] = None, normalize: bool = True
 ) -> Tensor:
-    """CAMs ``M_c(x, y) = sum_k w_ck f_k(x, y)`` (Zhou et al. 2016; FSA eq. 1; SPEC §8).
+    """CAMs ``M_c(x, y) = sum_k w_ck f_k(x, y)`` (Zhou et al. 2016; FSA eq. 1; docs/methods.md §8).
 
     ``feature_map [N, K, H, W]`` is the last feature map before pooling, ``weight [C, K]`` the
     linear classifier's weight. With ``classes [N]`` the map of each sample's class ``[N, H, W]``
@@ -177,10 +173,10 @@ class Decomposition(NamedTuple):
 def decompose(
     feature_map: Tensor, cam: Tensor, tau_s: float = DEFAULT_TAU_S, tau_g: float = DEFAULT_TAU_G
 ) -> Decomposition:
-    """Split ``feature_map [N, K, H, W]`` by its normalised CAM ``[N, H, W]`` (SPEC §8):
+    """Split ``feature_map [N, K, H, W]`` by its normalised CAM ``[N, H, W]`` (docs/methods.md §8):
     class-specific where ``M >= tau_s``, class-generic where ``M <= tau_g``.
 
-    Both comparisons are inclusive and SPEC §8 only forbids ``tau_g > tau_s``, so with
+    Both comparisons are inclusive and docs/methods.md §8 only forbids ``tau_g > tau_s``, so with
     ``tau_s == tau_g`` a position whose CAM equals the threshold exactly belongs to *both* parts
     (it is kept in ``specific`` and in ``generic``); with ``tau_g < tau_s`` the parts are disjoint.
     """
@@ -198,7 +194,7 @@ def decompose(
 def split_head_tail(counts: Sequence[int], head_fraction: float = HEAD_FRACTION) -> Tuple[List[int], List[int]]:
     """``(head, tail)`` class lists, each ordered by decreasing size (ties: lower index first).
 
-    Head = the smallest set of largest classes holding at least ``head_fraction`` (90%, SPEC §8)
+    Head = the smallest set of largest classes holding at least ``head_fraction`` (90%, docs/methods.md §8)
     of the training samples; every other class is a tail class. Exact rational arithmetic, so a
     class that brings the total to exactly 90% closes the head.
     """
@@ -217,7 +213,7 @@ def split_head_tail(counts: Sequence[int], head_fraction: float = HEAD_FRACTION)
 
 def confusion_scores(probs: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """``S [C, C]`` with ``S[t, j] = mean_{i: y_i = t} p_ij``: the mean softmax score that samples
-    of class ``t`` give class ``j`` (rows of absent classes are 0). SPEC §8."""
+    of class ``t`` give class ``j`` (rows of absent classes are 0). docs/methods.md §8."""
     if probs.ndim != 2 or probs.shape[1] != num_classes or labels.shape != probs.shape[:1]:
         raise ValueError(f"probs must be [N, C={num_classes}] and labels [N], got {tuple(probs.shape)} "
                          f"and {tuple(labels.shape)}")
@@ -229,7 +225,7 @@ def confusion_scores(probs: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 def confusing_classes(scores: Tensor, n_f: int = 3) -> Tensor:
     """``[C, n_f]`` LongTensor: for each class ``t`` the other classes with the largest
-    ``scores[t, j]``, best first (ties: lower class index first). SPEC §8 keeps ``N_f = 3``."""
+    ``scores[t, j]``, best first (ties: lower class index first). docs/methods.md §8 keeps ``N_f = 3``."""
     c = scores.shape[0]
     if scores.shape != (c, c):
         raise ValueError(f"scores must be square [C, C], got {tuple(scores.shape)}")
@@ -243,19 +239,22 @@ def confusing_classes(scores: Tensor, n_f: int = 3) -> Tensor:
 
 
 def mix_features(
-    specific: Tensor, generic: Tensor, gamma: Tensor, generator: Optional[torch.Generator] = None
+    specific: Tensor, generic: Tensor, gamma: Tensor, generator: Optional[torch.Generator] = None,
+    u: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Mix position by position (SPEC §8): ``source ~ Bernoulli(gamma)`` per spatial position;
+    """Mix position by position (docs/methods.md §8): ``source ~ Bernoulli(gamma)`` per spatial position;
     the result takes ``specific`` where ``source`` else ``generic``.
 
     ``specific, generic [M, K, H, W]``, ``gamma [M]``. Returns ``(mixed [M, K, H, W], source
-    [M, H, W] bool)``; ``source`` is True where the position came from ``specific``.
+    [M, H, W] bool)``; ``source`` is True where the position came from ``specific``. ``u``: the
+    uniform draws ``[M, H, W]`` to use instead of drawing them from ``generator``.
     """
     if specific.shape != generic.shape or specific.ndim != 4 or gamma.shape != specific.shape[:1]:
         raise ValueError(f"specific and generic must be equal [M, K, H, W] and gamma [M], got "
                          f"{tuple(specific.shape)}, {tuple(generic.shape)}, {tuple(gamma.shape)}")
     m, _, h, w = specific.shape
-    u = torch.rand(m, h, w, device=specific.device, generator=generator)
+    if u is None:
+        u = torch.rand(m, h, w, device=specific.device, generator=generator)
     source = u < gamma.to(u.dtype)[:, None, None]
     return torch.where(source[:, None], specific, generic), source
 
@@ -298,7 +297,7 @@ class AugmentedBatch(NamedTuple):
 
 @dataclass
 class FeatureAugmenter:
-    """Everything online mixing needs, as tensors on the device (SPEC §8).
+    """Everything online mixing needs, as tensors on the device (docs/methods.md §8).
 
     ``generic_bank [N, K, H, W]`` holds the class-generic features of every training sample
     (frozen Phase-I backbone, its own class's CAM); ``confusing [C, N_f]`` the confusing classes;
@@ -336,26 +335,45 @@ class FeatureAugmenter:
         cam = class_activation_maps(feature_map, self.cam_weight, labels)
         return decompose(feature_map, cam, self.tau_s, self.tau_g)
 
-    def augment(self, feature_map: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> AugmentedBatch:
+    def draws(self, b: int, h: int, w: int, device: torch.device,
+              generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The random numbers :meth:`augment` draws for ``b`` real samples and ``h x w`` feature
+        maps, in its order: confusing-class picks, partner uniforms, gammas, mixing uniforms
+        (:mod:`ltbench.fastpath` draws them outside its compiled step and passes them in)."""
+        m = b * self.n_a
+        pick = torch.randint(0, self.n_f, (m,), device=device, generator=generator)
+        u = torch.rand(m, device=device, generator=generator)
+        gamma = torch.rand(m, device=device, generator=generator)
+        return pick, u, gamma, torch.rand(m, h, w, device=device, generator=generator)
+
+    def augment(self, feature_map: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None,
+                draws: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None) -> AugmentedBatch:
         """``N_a`` mixed maps per real sample, vectorised, without host synchronisation.
 
         For sample ``i`` and draw ``a``: a confusing class ``c`` uniform among the ``N_f`` of
         ``y_i``, a uniform sample of ``c`` from the bank, ``gamma ~ U(0, 1)``, then
         :func:`mix_features` of ``i``'s class-specific and the partner's class-generic features.
+        ``draws``: the output of :meth:`draws` to use instead of drawing from ``generator``.
         """
         dev = feature_map.device
         b, n_a = labels.shape[0], self.n_a
         rows = torch.arange(b, device=dev).repeat_interleave(n_a)
         y = labels[rows]
-        pick = torch.randint(0, self.n_f, (b * n_a,), device=dev, generator=generator)
+        if draws is None:
+            pick = torch.randint(0, self.n_f, (b * n_a,), device=dev, generator=generator)
+        else:
+            pick, u, gamma, mix_u = draws
         cls = self.confusing[y, pick]
         n_c = self.class_counts[cls]
-        u = torch.rand(b * n_a, device=dev, generator=generator)
+        if draws is None:
+            u = torch.rand(b * n_a, device=dev, generator=generator)
         within = torch.minimum((u * n_c).floor().long(), (n_c - 1).clamp_min(0))
         partner = self.by_class[self.offsets[cls] + within]
-        gamma = torch.rand(b * n_a, device=dev, generator=generator)
+        if draws is None:
+            gamma = torch.rand(b * n_a, device=dev, generator=generator)
+            mix_u = None
         specific = self.specific(feature_map.float(), labels).specific[rows]
-        mixed, source = mix_features(specific, self.generic_bank[partner].float(), gamma, generator)
+        mixed, source = mix_features(specific, self.generic_bank[partner].float(), gamma, generator, u=mix_u)
         return AugmentedBatch(mixed, y, self.is_tail[y], source, gamma, partner, cls)
 
 
@@ -394,18 +412,18 @@ def build_augmenter(
 
 
 def load_phase1(phase1_dir: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """The Phase-I ``checkpoint.pt`` of a finished :func:`ltbench.engine.train` run (config, model, counts)."""
+    """The Phase-I ``checkpoint.pt`` of a finished whole-network run (config, model, counts)."""
     path = Path(phase1_dir) / CHECKPOINT_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no Phase-I checkpoint at {path}: pass the folder of a finished train() run "
-                                "(e.g. the CE baseline)")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+        raise FileNotFoundError(f"no Phase-I checkpoint at {path}: pass the folder of a finished whole-network run "
+                                "(e.g. the CE baseline; ltbench.runs.run(spec, store, require_weights=True))")
+    state = torch.load(path, map_location=map_location, weights_only=True)
     missing = [k for k in ("config", "model", "num_classes", "counts") if k not in state]
     if missing:
         raise ValueError(f"{path} is not a train() checkpoint (missing {missing})")
     if "epoch" in state and state["epoch"] != state["config"].get("epochs"):
         raise ValueError(f"Phase-I run {phase1_dir} is unfinished (epoch {state['epoch']} of "
-                         f"{state['config'].get('epochs')}); finish it with train(cfg, phase1_dir) first")
+                         f"{state['config'].get('epochs')}); finish it with ltbench.runs.run(spec, store) first")
     return state
 
 
@@ -419,10 +437,6 @@ def phase1_model(phase1_dir: PathLike, device: Union[str, torch.device] = "cpu")
     return model.to(device).eval(), cfg
 
 
-def _config_digest(config: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def phase2_config(
     phase1: Union[TrainConfig, Mapping[str, Any]],
     iterations: int = 6400,
@@ -431,7 +445,7 @@ def phase2_config(
     evaluations: int = 10,
     **changes: Any,
 ) -> TrainConfig:
-    """The Phase-II TrainConfig (SPEC §8, CIFAR): CE, instance sampling, fixed ``lr`` 0.001,
+    """The Phase-II TrainConfig (docs/methods.md §8, CIFAR): CE, instance sampling, fixed ``lr`` 0.001,
     ``iterations`` steps of ``batch_size`` 128 (6,400 in the paper; shorten for quick profiles).
 
     The steps are split into ``epochs`` = the largest divisor of ``iterations`` that is at most
@@ -456,13 +470,13 @@ PHASE1_DATA_FIELDS = ("dataset", "imbalance_ratio", "lt_profile", "n_max", "data
 
 
 def check_phase2_config(cfg: TrainConfig, phase1: Mapping[str, Any], where: PathLike = "Phase I") -> None:
-    """Reject a Phase-II ``cfg`` that cannot fine-tune the Phase-I checkpoint ``phase1`` (SPEC §8),
+    """Reject a Phase-II ``cfg`` that cannot fine-tune the Phase-I checkpoint ``phase1`` (docs/methods.md §8),
     before any data is loaded: the loss must be plain CE without DRW, the model and classifier
     must match, and so must every field of :data:`PHASE1_DATA_FIELDS` (the bank, the confusion
     scores and the head/tail split are only meaningful on the data Phase I was trained on).
     """
     if cfg.loss != "ce" or cfg.drw_epoch is not None:
-        raise ValueError(f"FSA phase II trains with plain CE (SPEC §8): loss must be 'ce' and drw_epoch None, "
+        raise ValueError(f"FSA phase II trains with plain CE (docs/methods.md §8): loss must be 'ce' and drw_epoch None, "
                          f"got loss={cfg.loss!r}, drw_epoch={cfg.drw_epoch!r}")
     p1 = phase1["config"]
     if p1.get("model") != cfg.model or p1.get("classifier") != cfg.classifier:
@@ -481,12 +495,13 @@ def check_phase2_config(cfg: TrainConfig, phase1: Mapping[str, Any], where: Path
 
 
 class FSATrainer(Trainer):
-    """Phase II of FSA through the engine (SPEC §8): the Phase-I network is loaded from
+    """Phase II of FSA through the engine (docs/methods.md §8): the Phase-I network is loaded from
     ``phase1_dir``, its feature extractor frozen in eval mode (BatchNorm running statistics
     untouched), and only the classifier is fine-tuned with CE on real plus augmented tail features.
     The head/tail split, the confusing classes and the confusion scores go to ``extras["fsa"]``.
 
-    Use :func:`phase2_config` for the config and :func:`train_fsa` to run it with caching.
+    Build its run with :func:`ltbench.methods.fsa_spec` (the phase-I run is the spec's dependency
+    ``phase1``; :func:`ltbench.runs.run` passes its folder as ``phase1_dir``).
     """
 
     def __init__(
@@ -562,58 +577,3 @@ class FSATrainer(Trainer):
             logits = self.model.forward_head(feats)
         per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
         return (per_sample * weights).sum() / weights.sum()
-
-
-def train_fsa(
-    phase1_dir: PathLike,
-    out_dir: Optional[PathLike] = None,
-    iterations: int = 6400,
-    lr: float = 0.001,
-    batch_size: int = 128,
-    evaluations: int = 10,
-    tau_s: float = DEFAULT_TAU_S,
-    tau_g: float = DEFAULT_TAU_G,
-    n_f: int = 3,
-    n_a: int = 3,
-    head_fraction: float = HEAD_FRACTION,
-    meta: Optional[Mapping[str, Any]] = None,
-    force: bool = False,
-    progress: bool = True,
-    **config_changes: Any,
-) -> TrainResult:
-    """FSA Phase II on the Phase-I run in ``phase1_dir`` (SPEC §8), saved under ``out_dir``.
-
-    The FSA hyperparameters and a digest of the Phase-I config are recorded in ``fsa.json`` (and
-    ``metrics.json["fsa"]``); a finished or interrupted run is reused only when they match,
-    else it is retrained from scratch.
-
-    Every argument is validated (``n_f`` against the Phase-I model's classes, the Phase-II config
-    against the Phase-I one, :func:`check_phase2_config`) before ``out_dir`` is touched: a changed
-    setting forces a retrain, which deletes the finished result, so a bad one must not get that far.
-    """
-    check_fsa_params(tau_s, tau_g, n_f, n_a, head_fraction)
-    _positive_int("iterations", iterations)
-    _positive_int("evaluations", evaluations)
-    if meta is not None and not isinstance(meta, Mapping):
-        raise ValueError(f"meta must be a mapping (or None), got meta={meta!r}")
-    state = load_phase1(phase1_dir)
-    check_n_f(n_f, int(state["num_classes"]))
-    cfg = phase2_config(state["config"], iterations, lr, batch_size, evaluations, **config_changes)
-    check_phase2_config(cfg, state, Path(phase1_dir) / CHECKPOINT_FILE)
-    fsa = dict(tau_s=float(tau_s), tau_g=float(tau_g), n_f=n_f, n_a=n_a, head_fraction=float(head_fraction),
-               iterations=iterations, phase1_config=_config_digest(state["config"]))
-    meta = dict(meta or {}, fsa=fsa)
-    del state
-    if out_dir is not None:
-        # The engine keys reuse/resume on the TrainConfig only; the FSA settings live beside it.
-        sidecar = Path(out_dir) / FSA_FILE
-        try:
-            same = json.loads(sidecar.read_text()) == fsa
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            force = True
-            atomic_write_json(sidecar, fsa)
-    return train(cfg, out_dir, meta=meta, force=force, progress=progress,
-                 trainer_cls=FSATrainer, phase1_dir=phase1_dir, tau_s=tau_s, tau_g=tau_g, n_f=n_f, n_a=n_a,
-                 head_fraction=head_fraction)

@@ -1,4 +1,4 @@
-"""Evaluation metrics for long-tailed recognition (SPEC §3), in torch on the inputs' device.
+"""Evaluation metrics for long-tailed recognition (docs/methods.md §3), in torch on the inputs' device.
 
 Tensors stay on their device; only scalar summaries (``top1_accuracy``, ``shot_accuracy``,
 ``expected_calibration_error``) and input validation synchronise with the host.
@@ -39,7 +39,7 @@ def _check_positive_int(name: str, value: object) -> int:
 
 
 def confusion_matrix(preds: TensorLike, targets: TensorLike, num_classes: int) -> torch.Tensor:
-    """``[C, C]`` int64 confusion matrix, ``M[true, pred]`` counts (rows = true class), SPEC §3.
+    """``[C, C]`` int64 confusion matrix, ``M[true, pred]`` counts (rows = true class), docs/methods.md §3.
 
     ``preds`` is ``[N]`` predicted labels, or ``[N, C]`` scores (logits/probabilities), which are
     arg-maxed. Computed with one ``bincount`` on the inputs' device.
@@ -86,7 +86,7 @@ def _check_confusion(confusion: TensorLike) -> torch.Tensor:
 
 
 def per_class_accuracy(confusion: TensorLike) -> torch.Tensor:
-    """Per-class accuracy ``M[c, c] / sum_j M[c, j]`` (float64 fraction), SPEC §3.
+    """Per-class accuracy ``M[c, c] / sum_j M[c, j]`` (float64 fraction), docs/methods.md §3.
 
     NaN for a class with no test samples (missing, not 0).
     """
@@ -95,7 +95,7 @@ def per_class_accuracy(confusion: TensorLike) -> torch.Tensor:
 
 
 def top1_accuracy(confusion: TensorLike) -> float:
-    """Overall top-1 accuracy ``trace(M) / sum(M)`` as a fraction, SPEC §3."""
+    """Overall top-1 accuracy ``trace(M) / sum(M)`` as a fraction, docs/methods.md §3."""
     confusion = _check_confusion(confusion)
     total = int(confusion.sum())
     if total == 0:
@@ -104,7 +104,7 @@ def top1_accuracy(confusion: TensorLike) -> float:
 
 
 def mean_class_accuracy(per_class: TensorLike) -> float:
-    """Mean of per-class accuracy over classes with test samples (NaNs ignored), SPEC §3."""
+    """Mean of per-class accuracy over classes with test samples (NaNs ignored), docs/methods.md §3."""
     per_class = _as_tensor(per_class, "per_class").to(torch.float64)
     value = float(torch.nanmean(per_class))
     if math.isnan(value):
@@ -125,7 +125,7 @@ def _counts_list(train_counts: TensorLike) -> list[int]:
 def shot_groups(
     train_counts: TensorLike, many: int = 100, few: int = 20
 ) -> dict[str, list[int]]:
-    """Split classes by training count (SPEC §3): ``many``: ``n > many`` (100),
+    """Split classes by training count (docs/methods.md §3): ``many``: ``n > many`` (100),
     ``medium``: ``few <= n <= many`` (20..100 inclusive), ``few``: ``n < few`` (20)."""
     if few > many:
         raise ValueError(f"shot thresholds need few <= many, got few={few}, many={many}")
@@ -140,7 +140,7 @@ def shot_groups(
 def shot_accuracy(
     per_class_accuracy: TensorLike, train_counts: TensorLike, many: int = 100, few: int = 20
 ) -> dict[str, Optional[float]]:
-    """Many/medium/few-shot accuracy: mean of the group's per-class accuracies, SPEC §3.
+    """Many/medium/few-shot accuracy: mean of the group's per-class accuracies, docs/methods.md §3.
 
     ``None`` for an empty group (reported as missing, never 0). Classes with NaN accuracy
     (no test samples) are ignored; a group whose classes are all NaN is also ``None``.
@@ -163,7 +163,7 @@ def shot_accuracy(
 def expected_calibration_error(
     probs_or_conf: TensorLike, targets_or_correct: TensorLike, n_bins: int = 15
 ) -> float:
-    """Expected calibration error with ``n_bins`` (15) equal-width confidence bins, SPEC §3.
+    """Expected calibration error with ``n_bins`` (15) equal-width confidence bins, docs/methods.md §3.
 
     ``ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``, empty bins contribute 0.
 
@@ -212,7 +212,7 @@ def sorted_confusion(
     confusion: TensorLike, train_counts: TensorLike
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-normalised confusion matrix with classes sorted by training count, descending
-    (ties keep class order), SPEC §3.
+    (ties keep class order), docs/methods.md §3.
 
     Returns ``(matrix [C, C] float64, order [C] int64)``: ``matrix[i, j]`` is the fraction of
     test samples of class ``order[i]`` predicted as ``order[j]``. Rows of classes with no test

@@ -1,4 +1,4 @@
-"""Online hard example mining (OHEM; Shrivastava, Gupta and Girshick, CVPR 2016), SPEC §9.
+"""Online hard example mining (OHEM; Shrivastava, Gupta and Girshick, CVPR 2016), docs/methods.md §9.
 
 Classification form (faithful, two passes): score every sample of the batch without gradients,
 keep the ``k = round(keep_ratio * N)`` samples with the largest loss, then forward and backward
@@ -6,7 +6,7 @@ only those; the loss is the mean over the kept samples::
 
     K = top-k_i CE_i (no grad),   L = (1 / k) sum_{i in K} CE_i (second forward on x[K])
 
-BatchNorm (SPEC §9: statistics come from the kept samples, as in the paper's read-only /
+BatchNorm (docs/methods.md §9: statistics come from the kept samples, as in the paper's read-only /
 trainable two-network design). The scoring pass runs the network in *training* mode, so its
 losses are those the training network assigns (batch statistics of the whole batch), under
 ``torch.no_grad`` and with running-statistics tracking switched off on every BatchNorm layer
@@ -46,7 +46,7 @@ MODES = ("two_pass", "masked")
 
 
 def check_keep_ratio(keep_ratio: Any) -> float:
-    """``keep_ratio`` must be a real number in (0, 1] (SPEC §9)."""
+    """``keep_ratio`` must be a real number in (0, 1] (docs/methods.md §9)."""
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < float(keep_ratio) <= 1.0:
         raise ValueError(f"keep_ratio must be a number in (0, 1], got keep_ratio={keep_ratio!r}")
     return float(keep_ratio)
@@ -97,7 +97,7 @@ def ohem_two_pass(
     model: Optional[nn.Module] = None,
     autocast: Optional[Callable[[], Any]] = None,
 ) -> OHEMLoss:
-    """The faithful form (SPEC §9): score without gradients (training mode, BN running stats
+    """The faithful form (docs/methods.md §9): score without gradients (training mode, BN running stats
     frozen via :func:`frozen_bn_stats` on ``model``), keep the top-k, forward and backward only
     those. ``forward`` maps images to logits (the model or its compiled version)."""
     amp = autocast or _no_autocast
@@ -143,7 +143,7 @@ def _no_autocast() -> Any:
 
 
 class OHEMTrainer(Trainer):
-    """CE training with OHEM through the engine (SPEC §9).
+    """CE training with OHEM through the engine (docs/methods.md §9).
 
     ``keep_ratio`` in (0, 1]; ``mode`` ``"two_pass"`` (faithful) or ``"masked"`` (single pass).
     During an epoch it counts, on the device (no host synchronisation in the step), how many kept
@@ -156,12 +156,12 @@ class OHEMTrainer(Trainer):
     @classmethod
     def check_arguments(cls, cfg: TrainConfig, keep_ratio: float = 0.5, mode: str = "two_pass",
                         **kwargs: Any) -> None:
-        """``keep_ratio`` in (0, 1], ``mode`` in :data:`MODES`, per-sample CE without DRW (SPEC §9)."""
+        """``keep_ratio`` in (0, 1], ``mode`` in :data:`MODES`, per-sample CE without DRW (docs/methods.md §9)."""
         check_keep_ratio(keep_ratio)
         if mode not in MODES:
             raise ValueError(f"unknown OHEM mode: mode={mode!r}; valid: {', '.join(MODES)}")
         if cfg.loss != "ce" or cfg.drw_epoch is not None:
-            raise ValueError(f"OHEM ranks and trains with per-sample CE (SPEC §9); got loss={cfg.loss!r}, "
+            raise ValueError(f"OHEM ranks and trains with per-sample CE (docs/methods.md §9); got loss={cfg.loss!r}, "
                              f"drw_epoch={cfg.drw_epoch!r}")
         super().check_arguments(cfg, **kwargs)
 
@@ -241,7 +241,7 @@ def roi_losses(
     cls_logits: Tensor, labels: Tensor, box_deltas: Optional[Tensor] = None, box_targets: Optional[Tensor] = None,
     beta: float = 1.0,
 ) -> Tensor:
-    """Per-RoI loss (SPEC §9, Fast R-CNN): ``CE(cls) + [label > 0] * smoothL1(deltas, targets)``
+    """Per-RoI loss (docs/methods.md §9, Fast R-CNN): ``CE(cls) + [label > 0] * smoothL1(deltas, targets)``
     summed over the 4 coordinates; label 0 is background (no box loss). Shape ``[R]``."""
     loss = per_sample_ce(cls_logits, labels)
     if box_deltas is not None:
@@ -255,7 +255,7 @@ def roi_losses(
 def select_hard_rois(
     losses: Tensor, boxes: Tensor, image_ids: Tensor, num_keep: int, nms_iou: Optional[float] = 0.7
 ) -> Tensor:
-    """Indices of the RoIs to back-propagate, highest loss first (SPEC §9).
+    """Indices of the RoIs to back-propagate, highest loss first (docs/methods.md §9).
 
     With ``nms_iou`` set, greedy per-image NMS over (box, loss)
     (:func:`torchvision.ops.batched_nms`) first drops every RoI overlapping an already kept

@@ -4,7 +4,7 @@
 ``"*"`` entry of a profile applies to every notebook first, the notebook's own entry second, and
 command-line / API overrides last (see :func:`resolve_overrides`). A parameter that no layer sets
 keeps the default written in the notebook's ``parameters`` cell. The runner always sets
-``profile`` and ``out_dir`` itself, and ``seeds`` when ``--seeds N`` is given.
+``profile``, ``out_dir`` and ``store_dir`` itself, and ``seeds`` when ``--seeds N`` is given.
 
 Every key must be a parameter of the notebook's ``parameters`` cell: the runner checks this (and
 obviously wrong types) with ``papermill.inspect_notebook`` before executing anything.
@@ -17,7 +17,7 @@ Profiles:
   ``make reproduce``. 8 epochs on a tenth of CIFAR-10-LT IR100 (n_max 500), so accuracies are far
   below the published ones (mostly head classes are learnt); the report says so. It shows the
   pipeline end to end on real data; the numbers to compare with papers come from ``paper``.
-* ``paper``: the papers' recipe (SPEC §2: 200 epochs, batch 128, full CIFAR-LT, IR 100/50/10 on
+* ``paper``: the papers' recipe (docs/methods.md §2: 200 epochs, batch 128, full CIFAR-LT, IR 100/50/10 on
   CIFAR-10 and CIFAR-100, 3 seeds). Needs a GPU.
 
 Parameters used below (the notebook author finalises values and may add keys):
@@ -25,7 +25,7 @@ Parameters used below (the notebook author finalises values and may add keys):
 * ``epochs``: training epochs of the main runs.
 * ``imbalance_ratios``: list of IRs (n_max / n_min).
 * ``datasets``: list of ``"cifar10"`` / ``"cifar100"``.
-* ``n_max``: size of the largest class (SPEC §1: 5000 / 500); ``None`` = the paper's value.
+* ``n_max``: size of the largest class (docs/methods.md §1: 5000 / 500); ``None`` = the paper's value.
   Smaller values shrink every class with the same IR profile.
 * ``test_per_class``: balanced test images per class; ``None`` = the full test set.
 * ``batch_size``: SGD batch size.
@@ -38,7 +38,7 @@ import copy
 from typing import Any, Dict, Mapping, Optional
 
 #: Parameters every notebook's ``parameters`` cell has (the notebook contract).
-COMMON_PARAMETERS = ("profile", "out_dir", "data_root", "device", "seeds")
+COMMON_PARAMETERS = ("profile", "out_dir", "store_dir", "data_root", "device", "seeds")
 
 #: The notebooks of the project, by file stem (``notebooks/<stem>.ipynb``).
 NOTEBOOKS = (
@@ -77,7 +77,7 @@ _PAPER = {
     "epochs": 200,
     "imbalance_ratios": [100, 50, 10],
     "datasets": ["cifar10", "cifar100"],
-    "n_max": None,  # SPEC §1: 5000 (CIFAR-10) / 500 (CIFAR-100)
+    "n_max": None,  # docs/methods.md §1: 5000 (CIFAR-10) / 500 (CIFAR-100)
     "test_per_class": None,  # the full 10,000-image test set
     "batch_size": 128,
 }
@@ -104,7 +104,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "quick": {
         "*": {"device": "auto", "seeds": [0]},
         # Every notebook uses the same subset and schedule, so the CE / sigmoid CE / focal runs they
-        # share are trained once per batch and copied into each notebook (ltbench.runcache).
+        # share are trained once per batch in the profile's run store (ltbench.runs).
         "01_long_tailed_cifar": _with(_QUICK),
         "02_focal_and_balanced_ce": _with(_QUICK, methods=["CE", "balanced CE (power 1)", "focal (softmax, gamma 1)",
                                                            "sigmoid CE", "sigmoid focal gamma 1"]),
@@ -128,7 +128,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "03_class_balanced_loss": _with(_PAPER),
         "04_bbn_and_two_stage": _with(_PAPER),
         "05_equalization_losses": _with(_PAPER),
-        # ResNet-18 too: the FSA paper's CIFAR table is compared only with a matching backbone (SPEC §8).
+        # ResNet-18 too: the FSA paper's CIFAR table is compared only with a matching backbone (docs/methods.md §8).
         "06_feature_space_augmentation": _with(_PAPER, backbones=["resnet32", "resnet18_cifar"]),
         "07_ohem": _with(_PAPER),
     },

@@ -1,4 +1,4 @@
-"""Published numbers the reproductions are compared with (SPEC §10), as data with sources.
+"""Published numbers the reproductions are compared with (docs/methods.md §10), as data with sources.
 
 All values are top-1 accuracy in percent. Where a paper reports error (BBN Table 5 and the BBN
 ablations), the value stored here is ``100 - error``, rounded to the paper's two decimals; the
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 Key = Tuple[str, Optional[float]]  # (dataset, imbalance ratio; None for natural long tails)
 
-#: Column order of SPEC §10's CIFAR table.
+#: Column order of docs/methods.md §10's CIFAR table.
 CIFAR_COLUMNS: Tuple[Key, ...] = (
     ("cifar10", 100.0), ("cifar10", 50.0), ("cifar10", 10.0),
     ("cifar100", 100.0), ("cifar100", 50.0), ("cifar100", 10.0),
@@ -48,9 +48,9 @@ def _from_error(method: str, source: str, dataset: str, ir: Optional[float], err
                         **kw)
 
 
-_ = None  # "-" in SPEC §10: not published
+_ = None  # "-" in docs/methods.md §10: not published
 
-#: SPEC §10 main table: CIFAR-10-LT / CIFAR-100-LT, IR 100 / 50 / 10.
+#: docs/methods.md §10 main table: CIFAR-10-LT / CIFAR-100-LT, IR 100 / 50 / 10.
 CIFAR_LT: List[PublishedRow] = [
     _cifar("CE (softmax)", "CB Table 2", 70.36, 74.81, 86.39, 38.32, 43.85, 55.71),
     _cifar("sigmoid CE", "CB Table 2", 70.45, 76.16, 87.03, 38.78, 44.15, 55.27),
@@ -74,14 +74,14 @@ CIFAR_LT: List[PublishedRow] = [
            72.63, 78.66, _, 40.16, 45.21, _),
     _cifar("FSA, ResNet-18, 300 epochs", "FSA Tables 1-2",
            80.57, 84.51, 91.75, 46.57, 51.90, 65.08, backbone="ResNet-18",
-           note="300 epochs; compare only with a matching backbone (SPEC §8)"),
+           note="300 epochs; compare only with a matching backbone (docs/methods.md §8)"),
     _cifar("CE, ResNet-18, 300 epochs", "FSA Tables 1-2",
            75.16, 82.32, 90.73, 43.65, 48.55, 62.59, backbone="ResNet-18",
            note="300 epochs; FSA's own CE baseline"),
 ]
 
 #: CB Table 2: the best (loss, beta, gamma) per column (the "CB best per column" row); the paper's
-#: "focal" / "sigmoid" are the CB-weighted losses of SPEC §4 (cb_focal / cb_sigmoid).
+#: "focal" / "sigmoid" are the CB-weighted losses of docs/methods.md §4 (cb_focal / cb_sigmoid).
 CB_TABLE2_BEST_CONFIG: Dict[Key, Dict[str, object]] = {
     ("cifar10", 100.0): {"loss": "cb_focal", "beta": 0.9999, "gamma": 1.0},
     ("cifar10", 50.0): {"loss": "cb_focal", "beta": 0.9999, "gamma": 2.0},
@@ -145,15 +145,15 @@ DETECTION_CONTEXT: List[str] = [
     "here is new evidence, and says so.",
 ]
 
-#: To print beside every comparison (SPEC §10, last bullet, and §2).
+#: To print beside every comparison (docs/methods.md §10, last bullet, and §2).
 CAVEATS: List[str] = [
     "Published CIFAR numbers are single runs, often the best test epoch (BBN, BagofTricks and "
     "LDAM report that optimistic number); ours are mean ± std over seeds, last epoch as the "
     "headline and best epoch beside it.",
     "This project's copy of CIFAR-10 is JPEG re-encoded (quality 75, about 30.5 dB PSNR against "
-    "the original pixels; see ../shared/data); how much that moves accuracy has not been "
+    "the original pixels); how much that moves accuracy has not been "
     "measured.",
-    "The CIFAR-LT subset is the seed-0 selection of SPEC §1; another subset moves CIFAR-100-LT "
+    "The CIFAR-LT subset is the seed-0 selection of docs/methods.md §1; another subset moves CIFAR-100-LT "
     "accuracy by up to about 1.5 points.",
     "Profiles other than 'paper' train for fewer epochs on smaller data: their differences from "
     "the published numbers are expected and say nothing about the method.",

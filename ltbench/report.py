@@ -1,45 +1,60 @@
-"""Collect every ``metrics.json`` of a results tree into one table, a README and figures.
+"""Collect every notebook's runs of a results tree into one table, a README and figures.
 
 ``python -m ltbench report [--results DIR]`` writes, atomically:
 
-* ``DIR/summary.csv``: one row per training run (long form), see :data:`COLUMNS`;
-* ``DIR/README.md``: per profile and per (paper, table), our top-1 as mean ± std over seeds
-  (last and best epoch) beside the published number (SPEC §10) and the difference
-  ``ours(last) - published``, many/medium/few and ECE, plus the caveats;
-* ``DIR/figures/*.png``: accuracy vs imbalance ratio per method (one figure per profile and
-  dataset) and many/medium/few grouped bars (per profile, dataset and IR), linked from the README.
+* ``DIR/summary.csv``: one row per training run of each notebook (long form, from the notebooks'
+  ``runs.json`` manifests and the runs' ``metrics.json``), see :data:`COLUMNS`;
+* ``DIR/README.md``: first, one line per paper saying what is reproduced at paper scale (runs of
+  the ``paper`` profile beside the published numbers) and what is not; then, per profile, how the
+  numbers were made (commands, code commit, each notebook's parameters) and per (paper, table) our
+  top-1 as mean ± std over seeds (last and best epoch) beside the published number
+  (docs/methods.md#10-published-numbers) and the difference ``ours(last) - published``,
+  many/medium/few, ECE, the training length (epochs, stage-2 epochs, FSA iterations in separate
+  columns) and links to the runs' folders; plus the caveats;
+* ``DIR/figures/*.png`` and ``*.pdf``: per profile and dataset, top-1 of every method with one
+  panel per paper (one marker per imbalance ratio, published values beside), and per imbalance
+  ratio the many / medium / few accuracy, also one panel per paper; a run shown by several
+  notebooks of one paper (the shared CE baseline) appears once per panel.
 
 pandas and matplotlib are imported inside the functions so that ``python -m ltbench`` starts fast.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import math
+import numbers
 import os
 import re
+import subprocess
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ltbench.io import atomic_write_bytes, atomic_write_text
+from ltbench.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 #: Columns of ``summary.csv`` (one row per metrics.json).
+#: ``epochs`` is the length of the run's first stage (the whole run for one-stage methods; the
+#: stage-1 / phase-I run for two-stage methods and FSA), ``stage2_epochs`` the epochs of a
+#: stage-2 classifier (0 for tau-norm, which does not train), ``fsa_iterations`` FSA's phase-II steps.
 COLUMNS = [
     "profile", "paper", "table", "method", "published_method", "dataset", "imbalance_ratio",
-    "seed", "epochs", "top1_last", "top1_best", "best_epoch", "many", "medium", "few", "ece",
-    "train_seconds", "notebook", "path",
+    "seed", "epochs", "stage2_epochs", "fsa_iterations", "top1_last", "top1_best", "best_epoch",
+    "many", "medium", "few", "ece", "train_seconds", "notebook", "tier", "run", "key", "path",
 ]
 #: One README row per group: seeds of the same configuration are averaged.
 GROUP_KEYS = ["profile", "notebook", "paper", "table", "method", "published_method", "dataset",
-              "imbalance_ratio", "epochs"]
+              "imbalance_ratio", "epochs", "stage2_epochs", "fsa_iterations"]
 _PROFILE_ORDER = ["paper", "quick", "smoke"]
-_NUMERIC = ["imbalance_ratio", "seed", "epochs", "top1_last", "top1_best", "best_epoch", "many",
-            "medium", "few", "ece", "train_seconds"]
+_NUMERIC = ["imbalance_ratio", "seed", "epochs", "stage2_epochs", "fsa_iterations", "top1_last",
+            "top1_best", "best_epoch", "many", "medium", "few", "ece", "train_seconds", "tier"]
+#: The profile whose runs reproduce the papers (their recipe and data).
+PAPER_PROFILE = "paper"
+#: Methods that train a stage-2 classifier on a frozen stage-1 run (tau-norm trains nothing).
+_STAGE2_METHODS = {"crt", "lws", "tau_norm", "stage2_ce", "stage2_rw", "stage2_rs"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +83,13 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
 
 
 def _isnum(v: Any) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+    """A finite real number (numpy scalars included, bools not)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _n(count: int, noun: str, plural: Optional[str] = None) -> str:
+    """``1 run`` / ``2 runs``."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
 
 
 def fmt(v: Any, digits: int = 2, sign: bool = False) -> str:
@@ -102,31 +123,89 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _int(v: Any) -> Optional[int]:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def schedule(m: Dict[str, Any]) -> Tuple[Optional[int], Optional[int], Optional[int]]:
+    """``(epochs, stage2_epochs, fsa_iterations)`` of a run from its ``metrics.json``.
+
+    A stage-2 run (cRT, LWS, tau-norm, the grid's classifiers) and FSA phase II name their
+    stage-1 / phase-I run in ``spec["deps"]``: ``epochs`` is that run's length, and the run's own
+    length goes to ``stage2_epochs`` (0 for tau-norm) or, as optimiser steps, to
+    ``fsa_iterations`` (``epochs * num_samples // batch_size``).
+    """
+    spec = m.get("spec") if isinstance(m.get("spec"), dict) else {}
+    cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
+    method = spec.get("method") or ""
+    own = _int(cfg.get("epochs", m.get("epochs")))
+    deps = spec.get("deps") if isinstance(spec.get("deps"), dict) else {}
+    first = next((d for d in deps.values() if isinstance(d, dict)), None)
+    base = _int((first.get("config") or {}).get("epochs")) if first else None
+    if method == "fsa":
+        steps = None
+        num, bs = _int((cfg.get("sampler_params") or {}).get("num_samples")), _int(cfg.get("batch_size"))
+        if own is not None and num and bs:
+            steps = own * (num // bs)
+        return base, None, steps
+    if method in _STAGE2_METHODS or (first is not None and method != "fsa"):
+        return base, 0 if method == "tau_norm" else own, None
+    return _int(m.get("epochs")) if m.get("epochs") is not None else own, None, None
+
+
 def collect(results_dir: os.PathLike | str = "results") -> Tuple["pd.DataFrame", List[str]]:
-    """Every ``metrics.json`` under ``results_dir`` as one long-form table (and warnings)."""
+    """Every notebook's runs as one long-form table (and warnings).
+
+    Each notebook writes ``runs.json`` into its folder (:func:`ltbench.experiments.materialize`):
+    its runs' labels (method, table, published row) and the relative folder of each run in the
+    profile's store. A run shown twice by one notebook (a main-table row that is also a grid's
+    stage 1) gives one row, with the labels it has first.
+    """
     import pandas as pd
 
     root = Path(results_dir)
     records, problems = [], []
-    for path in sorted(root.rglob("metrics.json")) if root.is_dir() else []:
+    for path in sorted(root.rglob("runs.json")) if root.is_dir() else []:
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):  # checkpoints, temp folders
+        if any(part.startswith(".") for part in rel.parts):
             continue
         try:
-            m = json.loads(path.read_text())
-            if not isinstance(m, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
+            manifest = json.loads(path.read_text())
+            rows = manifest["runs"]
+            if not isinstance(rows, list):
+                raise ValueError("'runs' is not a list")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             problems.append(f"skipped unreadable {_rel(path, root)}: {exc}")
             continue
-        if m.get("top1_last") is None:
-            problems.append(f"skipped {_rel(path, root)}: no top1_last")
-            continue
-        rec = {k: m.get(k) for k in COLUMNS}
-        # The profile is recorded by the notebook; the folder (results/<profile>/...) backs it up.
-        rec["profile"] = m.get("profile") or (rel.parts[0] if len(rel.parts) > 1 else "")
-        rec["path"] = _rel(path, root)
-        records.append(rec)
+        seen = set()
+        for row in rows:
+            if not isinstance(row, dict) or "run_dir" not in row:
+                problems.append(f"{_rel(path, root)}: a row without run_dir")
+                continue
+            if row.get("key") in seen:
+                continue
+            seen.add(row.get("key"))
+            mpath = (path.parent / row["run_dir"] / "metrics.json")
+            try:
+                m = json.loads(mpath.read_text())
+            except (OSError, ValueError) as exc:
+                problems.append(f"{_rel(path, root)}: run {row.get('label')} ({row.get('key')}) has no readable "
+                                f"metrics.json ({type(exc).__name__})")
+                continue
+            if not isinstance(m, dict) or m.get("top1_last") is None:
+                problems.append(f"skipped {_rel(mpath, root)}: no top1_last")
+                continue
+            rec = {k: m.get(k) for k in COLUMNS}
+            rec["epochs"], rec["stage2_epochs"], rec["fsa_iterations"] = schedule(m)
+            rec.update(paper=row.get("paper"), table=row.get("table"), method=row.get("label"),
+                       published_method=row.get("published_method"), notebook=row.get("notebook"),
+                       profile=rel.parts[0] if len(rel.parts) > 2 else "", key=row.get("key"),
+                       tier=row.get("tier"), run=row.get("method"),
+                       path=_rel(mpath.parent.resolve(), root.resolve()))
+            records.append(rec)
     df = pd.DataFrame.from_records(records, columns=COLUMNS)
     for col in _NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -149,11 +228,12 @@ def _published_lookup(row: Dict[str, Any], unknown: set) -> Tuple[Optional[float
 
 
 def summarize(df: "pd.DataFrame") -> Tuple["pd.DataFrame", List[str]]:
-    """Mean/std over seeds per configuration, with the published value and the difference."""
+    """Mean/std over seeds per configuration, with the published value and the difference, and
+    the keys and folders of the runs behind each row (``keys``, ``paths``, in seed order)."""
     import pandas as pd
 
     cols = [*GROUP_KEYS, "n", "seeds", "last_mean", "last_std", "best_mean", "best_std",
-            "many", "medium", "few", "ece", "published", "source", "diff_last"]
+            "many", "medium", "few", "ece", "published", "source", "diff_last", "keys", "paths"]
     if df.empty:
         return pd.DataFrame(columns=cols), []
     problems: List[str] = []
@@ -171,6 +251,8 @@ def summarize(df: "pd.DataFrame") -> Tuple["pd.DataFrame", List[str]]:
             best_mean=g["top1_best"].mean(), best_std=g["top1_best"].std(ddof=1),
             many=g["many"].mean(), medium=g["medium"].mean(), few=g["few"].mean(),
             ece=g["ece"].mean(),
+            # The runs behind the row, in seed order: their keys and folders (relative to the results folder).
+            keys=tuple(g.sort_values("seed")["key"]), paths=tuple(g.sort_values("seed")["path"]),
         )
         pub, src = _published_lookup(row, unknown)
         row.update(published=pub, source=src,
@@ -194,9 +276,10 @@ def _slug(*parts: Any) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
+    """PNG (returned, linked from the README) and PDF beside it."""
+    from ltbench.plotting import save
+
+    return save(fig, path)[0]
 
 
 def _labels(s: "pd.DataFrame") -> Dict[Tuple[str, str], str]:
@@ -208,87 +291,144 @@ def _labels(s: "pd.DataFrame") -> Dict[Tuple[str, str], str]:
     return {(nb, m): (m if count[m] == 1 else f"{m} [{nb}]") for nb, m in pairs}
 
 
-def _new_figure(w: float, h: float) -> Any:
-    # Figure + Agg canvas, not pyplot: no global backend switch, nothing left open.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def paper_panels(s: "pd.DataFrame") -> List[Tuple[str, List[Tuple[str, str, "pd.DataFrame"]]]]:
+    """``[(paper, [(table, label, rows), ...]), ...]``: the rows of ``s`` (one profile and dataset)
+    grouped by paper, then by method.
 
-    fig = Figure(figsize=(w, h))
-    FigureCanvasAgg(fig)
-    return fig
+    Methods are deduplicated within a paper: rows of several notebooks or labels that show the
+    same runs (the shared CE baseline is "CE" in one notebook and "softmax" in another) become one
+    entry, labelled with every name (``CE = softmax``). Methods are grouped by table, the CE
+    baseline's table first and the baseline first in it; the rest keep the summary's order.
+    """
+    from ltbench.plotting import is_baseline
+
+    out = []
+    for paper, sp in s.groupby("paper", sort=False):
+        entries: Dict[Tuple[str, ...], Dict[str, Any]] = {}
+        for (nb, method), g in sp.groupby(["notebook", "method"], sort=False):
+            runs = tuple(sorted(k for ks in g["keys"] for k in ks))
+            e = entries.setdefault(runs, {"labels": [], "rows": g, "table": g["table"].iloc[0]})
+            if method not in e["labels"]:
+                e["labels"].append(method)
+        items = [(e["table"], " = ".join(e["labels"]), e["rows"]) for e in entries.values()]
+        base = [t for t, label, _ in items if any(is_baseline(m) for m in label.split(" = "))]
+        tables = list(dict.fromkeys(base + [t for t, _, _ in items]))  # the baseline's table first
+        items.sort(key=lambda t: (tables.index(t[0]), not any(is_baseline(m) for m in t[1].split(" = "))))
+        out.append((paper or "(paper not set)", items))
+    return out
+
+
+def _panel_heights(panels: Sequence[Tuple[str, List[Any]]]) -> List[float]:
+    return [max(1.2, 0.24 * len(items) + 0.5) for _, items in panels]
+
+
+def _short(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _finish_panel(ax: Any, paper: str, items: Sequence[Tuple[str, str, Any]]) -> None:
+    """Method names on the y axis, the paper as the panel's title and, where a paper has several
+    tables, a thin line and the table's name above each table's methods."""
+    ax.set_yticks(range(len(items)), [_short(label, 48) for _, label, _ in items])
+    ax.set_ylim(len(items) - 0.5, -0.5)
+    ax.set_title(_short(paper, 90), loc="left", fontsize=9, fontweight="bold")
+    ax.grid(axis="y", visible=False)
+    tables = [t for t, _, _ in items]
+    if len(set(tables)) > 1:
+        for y, t in enumerate(tables):
+            if y == 0 or t != tables[y - 1]:
+                if y:
+                    ax.axhline(y - 0.5, color="0.8", lw=0.8)
+                ax.text(1.0, y - 0.45, str(t), transform=ax.get_yaxis_transform(), ha="right", va="top",
+                        fontsize=7, color="0.4", style="italic")
 
 
 def plot_accuracy_vs_ir(s: "pd.DataFrame", title: str, path: Path) -> Path:
-    """Top-1 (last epoch, mean ± std) vs IR, one line per method; published values as ×."""
-    import matplotlib
+    """Top-1 (last epoch, mean ± std over seeds) of every method of one profile and dataset: one
+    panel per paper, one row per (deduplicated) method, one marker colour per imbalance ratio, the
+    published value as a hollow diamond of the same colour. Works for any number of IRs and methods."""
     from matplotlib.lines import Line2D
 
-    fig = _new_figure(7.5, 4.8)
-    ax = fig.add_subplot()
-    labels = _labels(s)
-    lines = list(s.groupby(["notebook", "method"], sort=False))
-    # tab10's colours are the most distinct; tab20 (light/dark pairs) only when needed.
-    cmap = matplotlib.colormaps["tab10" if len(lines) <= 10 else "tab20"]
-    any_pub = False
-    for i, ((nb, method), g) in enumerate(lines):
-        g = g.sort_values("imbalance_ratio")
-        color = cmap(i % cmap.N)
-        ax.errorbar(g["imbalance_ratio"], g["last_mean"], yerr=g["last_std"].fillna(0),
-                    marker="o", capsize=3, color=color, label=labels[(nb, method)])
-        pub = g.dropna(subset=["published"])
-        if not pub.empty:
-            any_pub = True
-            ax.plot(pub["imbalance_ratio"], pub["published"], linestyle=":", marker="x",
-                    markersize=8, color=color)
-    ax.set_xscale("log")
-    irs = sorted(s["imbalance_ratio"].dropna().unique())
-    ax.set_xticks(irs, [fmt_ir(v) for v in irs])
-    ax.minorticks_off()
-    ax.set_xlabel("imbalance ratio (log scale)")
-    ax.set_ylabel("top-1 accuracy, last epoch (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    handles, names = ax.get_legend_handles_labels()
-    if any_pub:
-        handles.append(Line2D([], [], color="grey", linestyle=":", marker="x"))
-        names.append("published (same colour)")
-    ax.legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _save(fig, path)
+    from ltbench.plotting import PUBLISHED_COLOR, ir_colors, new_figure, style
+
+    panels = paper_panels(s)
+    irs = sorted({float(v) for v in s["imbalance_ratio"].dropna()}, reverse=True)
+    colors = ir_colors(irs or [1.0])
+    heights = _panel_heights(panels)
+    n_ir = max(len(irs), 1)
+    with style():
+        fig = new_figure(8.0, sum(heights) + 1.0, layout="constrained")
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False,
+                            gridspec_kw={"height_ratios": heights})[:, 0]
+        any_pub = False
+        for ax, (paper, items) in zip(axes, panels):
+            for y, (table, label, g) in enumerate(items):
+                for k, ir in enumerate(irs):
+                    gi = g[g["imbalance_ratio"] == ir]
+                    if gi.empty:
+                        continue
+                    yy = y + (k - (n_ir - 1) / 2) * min(0.5 / n_ir, 0.2)
+                    ax.errorbar(gi["last_mean"].mean(), yy, xerr=gi["last_std"].fillna(0).max(), fmt="o",
+                                color=colors[ir], ms=5, capsize=2)
+                    pub = gi["published"].dropna()
+                    if len(pub):
+                        any_pub = True
+                        ax.plot(float(pub.iloc[0]), yy, "D", mfc="none", mec=colors[ir], ms=6, mew=1.3)
+            _finish_panel(ax, paper, items)
+        axes[-1].set_xlabel("top-1 accuracy, last epoch (%); mean ± std over seeds")
+        handles = [Line2D([], [], color=colors[ir], marker="o", ls="", label=f"IR {fmt_ir(ir)}") for ir in irs]
+        if any_pub:
+            handles.append(Line2D([], [], color=PUBLISHED_COLOR, marker="D", mfc="none", ls="",
+                                  label="published (same colour)"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
+        fig.suptitle(title, fontsize=10)
+        return _save(fig, path)
 
 
 def plot_shot_groups(s: "pd.DataFrame", title: str, path: Path) -> Optional[Path]:
-    """Many / medium / few accuracy per method as grouped bars (None if no group data)."""
-    import numpy as np
+    """Many / medium / few accuracy of every method at one profile, dataset and IR, one panel per
+    paper (deduplicated methods); None if no run has shot-group data."""
+    from matplotlib.lines import Line2D
+
+    from ltbench.plotting import SHOT_COLORS, SHOT_MARKERS, new_figure, style
 
     groups = [g for g in ("many", "medium", "few") if s[g].notna().any()]
     if not groups:
         return None
-    labels = _labels(s)
-    names = [labels[(nb, m)] for nb, m in zip(s["notebook"], s["method"])]
-    x = np.arange(len(s))
-    width = 0.8 / len(groups)
-    fig = _new_figure(max(6.0, 0.6 * len(s) + 2), 4.2)
-    ax = fig.add_subplot()
-    for j, g in enumerate(groups):
-        ax.bar(x + (j - (len(groups) - 1) / 2) * width, s[g].fillna(0), width, label=g)
-    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    panels = paper_panels(s)
+    heights = _panel_heights(panels)
+    with style():
+        fig = new_figure(8.0, sum(heights) + 1.0, layout="constrained")
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False,
+                            gridspec_kw={"height_ratios": heights})[:, 0]
+        for ax, (paper, items) in zip(axes, panels):
+            for y, (_, _, g) in enumerate(items):
+                vals = [(grp, g[grp].mean()) for grp in groups if g[grp].notna().any()]
+                if len(vals) > 1:
+                    xs = [v for _, v in vals]
+                    ax.plot([min(xs), max(xs)], [y, y], color="0.75", lw=1, zorder=1)
+                for grp, v in vals:
+                    ax.plot(v, y, SHOT_MARKERS[grp], color=SHOT_COLORS[grp], ms=5, zorder=2)
+            _finish_panel(ax, paper, items)
+        axes[-1].set_xlabel("test accuracy of the shot group, last epoch (%); seed mean")
+        handles = [Line2D([], [], color=SHOT_COLORS[g], marker=SHOT_MARKERS[g], ls="", label=f"{g}-shot")
+                   for g in groups]
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+        fig.suptitle(title, fontsize=10)
+        return _save(fig, path)
 
 
 def make_figures(summary: "pd.DataFrame", figures_dir: Path) -> Dict[str, List[Path]]:
-    """All figures of ``summary``, keyed by profile (stale PNGs of the folder are removed)."""
+    """All figures of ``summary``, keyed by profile (the PNGs; a PDF is written beside each).
+    Stale figures of the folder (PNG and PDF) are removed."""
     out: Dict[str, List[Path]] = {}
     written: set = set()
     if not summary.empty:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. log-scale axis with a single point
+            warnings.simplefilter("ignore")  # e.g. tight layout with very long labels
             for (profile, dataset), s in summary.groupby(["profile", "dataset"], sort=False):
                 p = plot_accuracy_vs_ir(
-                    s, f"{dataset}: top-1 vs imbalance ratio ({profile} profile)",
+                    s, f"{dataset}: top-1 per method and imbalance ratio ({profile} profile)",
                     figures_dir / f"{_slug(profile, dataset)}_acc_vs_ir.png")
                 out.setdefault(profile, []).append(p)
                 for ir, si in s.groupby("imbalance_ratio", sort=False):
@@ -298,9 +438,9 @@ def make_figures(summary: "pd.DataFrame", figures_dir: Path) -> Dict[str, List[P
                         figures_dir / f"{_slug(profile, dataset, 'ir' + fmt_ir(ir))}_shots.png")
                     if q is not None:
                         out[profile].append(q)
-        written = {p.resolve() for ps in out.values() for p in ps}
+        written = {q.resolve() for ps in out.values() for p in ps for q in (p, p.with_suffix(".pdf"))}
     if figures_dir.is_dir():  # figures of configurations that no longer exist would mislead
-        for old in figures_dir.glob("*.png"):
+        for old in [*figures_dir.glob("*.png"), *figures_dir.glob("*.pdf")]:
             if old.resolve() not in written:
                 old.unlink()
     return out
@@ -316,6 +456,37 @@ def _profile_sort(names: Iterable[str]) -> List[str]:
                                                               if p not in _PROFILE_ORDER)
 
 
+def code_version() -> Dict[str, Any]:
+    """The code that writes this report: ltbench's version and, in a git checkout, the commit
+    (``git rev-parse --short HEAD``) and whether tracked files have uncommitted changes."""
+    from ltbench import __version__
+
+    repo = Path(__file__).resolve().parent.parent
+    out: Dict[str, Any] = {"version": __version__, "commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0 and commit.stdout.strip():
+            out["commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            out["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _version_text(v: Dict[str, Any]) -> str:
+    if not v.get("commit"):
+        return f"ltbench {v['version']} (not a git checkout: no commit to record)"
+    dirty = " with uncommitted changes" if v.get("dirty") else ""
+    return f"ltbench {v['version']}, commit `{v['commit']}`{dirty}"
+
+
+def _run_links(paths: Sequence[str], keys: Sequence[str]) -> str:
+    return " ".join(f"[{str(k)[:8]}]({p}/)" for k, p in zip(keys, paths) if p)
+
+
 def _table_for(s: "pd.DataFrame") -> str:
     rows = []
     for r in s.to_dict("records"):
@@ -326,39 +497,158 @@ def _table_for(s: "pd.DataFrame") -> str:
             fmt_mean_std(r["best_mean"], r["best_std"], r["n"]),
             fmt(r["published"]), fmt(r["diff_last"], sign=True),
             " / ".join(fmt(r[g], 1) for g in ("many", "medium", "few")), fmt(r["ece"]),
+            fmt(r["stage2_epochs"], 0), fmt(r["fsa_iterations"], 0),
+            _run_links(r.get("paths") or (), r.get("keys") or ()),
         ])
     return markdown_table(
         ["method", "published row", "dataset", "IR", "epochs", "n seeds", "top-1 last",
-         "top-1 best", "published", "last − published", "many / med / few", "ECE"],
-        rows, align=["l", "l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r"])
+         "top-1 best", "published", "last − published", "many / med / few", "ECE",
+         "stage-2 epochs", "FSA iterations", "runs"],
+        rows, align=["l", "l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"])
+
+
+def _markers(root: Path, profile: str) -> List[Dict[str, Any]]:
+    """The runner's completion records (``<profile>/<notebook>/completed.json``) of a profile."""
+    from ltbench.runner import MARKER
+
+    out = []
+    for path in sorted((root / profile).glob(f"*/{MARKER}")) if profile else []:
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict):
+            out.append({**m, "_dir": _rel(path.parent, root)})
+    return out
+
+
+def _provenance(root: Path, profile: str, version: Dict[str, Any]) -> List[str]:
+    """How a profile's numbers were made: commands, code, each notebook's parameters."""
+    lines = [f"Made by `python -m ltbench execute --profile {profile}` (trains the runs, tier order) and "
+             f"`python -m ltbench run --profile {profile}` (the notebooks render from the run store), i.e. "
+             f"`make reproduce PROFILE={profile}`; this report by `python -m ltbench report`. Code at report time: "
+             f"{_version_text(version)}. A run's folder (`{profile}/runs/<key>/`, linked in the *runs* column) holds "
+             "its full description (`spec.json`), its `metrics.json` (configuration, execution, per-class results) "
+             "and its curves.", ""]
+    markers = _markers(root, profile)
+    if markers:
+        rows = []
+        for m in markers:
+            params = {k: v for k, v in (m.get("parameters") or {}).items() if k not in ("out_dir", "store_dir", "profile")}
+            executed = m.get("executed")
+            link = f"[{executed}]({m['_dir']}/{executed})" if executed else "-"
+            rows.append([m.get("notebook", m["_dir"]), link, m.get("finished", "-"),
+                         "`" + json.dumps(params, separators=(", ", ": ")) + "`"])
+        lines += ["Notebooks of this profile and the parameters they ran with (the rest are the defaults of "
+                  "their `parameters` cell):", "",
+                  markdown_table(["notebook", "executed notebook", "finished", "parameters"], rows), ""]
+    return lines
+
+
+def _published_cells(names: Iterable[str]) -> Dict[Tuple[str, str, float], float]:
+    """``(row, dataset, IR) -> value`` of every CIFAR-LT published cell of the rows ``names``."""
+    from ltbench.published import ROWS
+
+    cells = {}
+    for name in dict.fromkeys(n for n in names if n):
+        row = ROWS.get(name)
+        for (ds, ir), v in (row.values.items() if row else []):
+            if ir is not None and str(ds).startswith("cifar"):
+                cells[(name, ds, float(ir))] = v
+    return cells
+
+
+def _conclusions(root: Optional[Path], d: "pd.DataFrame") -> str:
+    """Links to the conclusions the notebooks of ``d`` computed (``<profile>/<notebook>/conclusion.md``)."""
+    if root is None:
+        return ""
+    links = []
+    for profile in _profile_sort(d["profile"]):
+        for nb in dict.fromkeys(d[d["profile"] == profile]["notebook"]):
+            path = root / profile / str(nb) / "conclusion.md"
+            if nb and path.is_file():
+                links.append(f"[{str(nb)[:2]}, `{profile}`]({_rel(path, root)})")
+    return f" Conclusions: {', '.join(links)}." if links else ""
+
+
+def reproduction_status(df: "pd.DataFrame", summary: "pd.DataFrame", root: Optional[Path] = None) -> List[str]:
+    """One line per paper: what is reproduced at paper scale (runs of the ``paper`` profile beside
+    published cells) and what is not, computed from the runs present, with links to the
+    notebooks' computed conclusions (when ``root``, the results folder, is given)."""
+    if df.empty:
+        return []
+    lines = []
+    papers = list(dict.fromkeys(df["paper"]))
+    n_paper = 0
+    for paper in papers:
+        d = df[df["paper"] == paper]
+        notebooks = ", ".join(sorted({str(nb)[:2] for nb in d["notebook"] if nb}))
+        cells = _published_cells(d["published_method"])
+        at_scale = summary[(summary["paper"] == paper) & (summary["profile"] == PAPER_PROFILE)]
+        other = d[d["profile"] != PAPER_PROFILE]
+        other_text = ", ".join(f"{_n(len(g), 'run')} of `{p}` (at most {_n(int(g['epochs'].max()), 'epoch')})"
+                               if _isnum(g["epochs"].max()) else f"{_n(len(g), 'run')} of `{p}`"
+                               for p, g in other.groupby("profile", sort=False))
+        name = f"**{paper or '(paper not set)'}** (notebook {notebooks})"
+        if at_scale.empty:
+            what = (f"{_n(len(cells), 'published cell')} wait{'s' if len(cells) == 1 else ''} for it" if cells else
+                    "no published CIFAR-LT number exists for its methods (new measurements)")
+            lines.append(f"- {name}: **not reproduced at paper scale**: no run of the `{PAPER_PROFILE}` profile; "
+                         f"{what}. Present: {other_text or 'nothing'}.{_conclusions(root, d)}")
+            continue
+        n_paper += 1
+        done = {(r["published_method"], r["dataset"], float(r["imbalance_ratio"])): r["diff_last"]
+                for r in at_scale.to_dict("records") if r["published_method"] and _isnum(r["published"])}
+        covered = [c for c in cells if c in done]
+        diffs = [done[c] for c in covered if _isnum(done[c])]
+        diff_text = (f"; ours − published (last epoch, seed mean): mean {sum(diffs) / len(diffs):+.2f}, "
+                     f"from {min(diffs):+.2f} to {max(diffs):+.2f} points") if diffs else ""
+        missing = len(cells) - len(covered)
+        lines.append(f"- {name}: **paper scale**: {_n(len(at_scale), 'configuration')} of the `{PAPER_PROFILE}` "
+                     f"profile; {len(covered)} of {_n(len(cells), 'published cell')} have a run at this scale{diff_text}"
+                     + (f"; {_n(missing, 'published cell')} without one (not reproduced)" if missing else "") + "."
+                     + _conclusions(root, d))
+    head = (f"Reproduced at paper scale (the `{PAPER_PROFILE}` profile): {n_paper} of {_n(len(papers), 'paper')}"
+            + (" — none: every number below comes from a shortened profile and says nothing about the papers' "
+               "claims at their scale." if n_paper == 0 else "."))
+    return [head, "", *lines]
 
 
 def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
                   figures: Dict[str, List[Path]], results_dir: Path,
-                  problems: Sequence[str] = ()) -> str:
+                  problems: Sequence[str] = (), version: Optional[Dict[str, Any]] = None) -> str:
     """The text of ``results/README.md``."""
     from ltbench.published import CAVEATS
 
+    version = version or code_version()
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    out = ["# ltbench results", "",
-           f"Generated by `python -m ltbench report` on {now} from {len(df)} `metrics.json` "
-           "files (one row each in [summary.csv](summary.csv)). Regenerated on every report; "
-           "do not edit.", ""]
+    out = ["# ltbench results", ""]
+    status = reproduction_status(df, summary, Path(results_dir))
+    if status:
+        out += ["## What is reproduced", "", *status, ""]
+    out += [f"Generated by `python -m ltbench report` on {now} ({_version_text(version)}) from {len(df)} runs of "
+            "the notebooks (one row each in [summary.csv](summary.csv)). Regenerated on every report; do not edit.",
+            ""]
     if df.empty:
         out += ["No results yet: run `python -m ltbench run` (or `make reproduce`) first, then "
                 "`python -m ltbench report`.", ""]
     out += ["## Caveats", "", *(f"- {c}" for c in CAVEATS), "",
             "Columns: *top-1 last* / *top-1 best* are the last-epoch and best-epoch test "
             "accuracy (%), mean ± sample std (ddof 1) over *n seeds* (just the mean for one "
-            "seed); *published* is the SPEC §10 value of the *published row*; *last − published* "
+            "seed); *published* is the value of the *published row* in the method reference "
+            "([docs/methods.md §10](../docs/methods.md#10-published-numbers)); *last − published* "
             "compares our last-epoch mean with it (`-` where no published value exists); "
-            "*many / med / few* and *ECE* (%) are seed means.", ""]
+            "*many / med / few* and *ECE* (%) are seed means. *epochs* is the length of the run's "
+            "first stage (the stage-1 or phase-I run of a two-stage method), *stage-2 epochs* the "
+            "training of a stage-2 classifier (0: tau-norm trains nothing), *FSA iterations* FSA's "
+            "phase-II steps; *runs* links each seed's run folder.", ""]
     for profile in _profile_sort(summary["profile"]) if not summary.empty else []:
         sp = summary[summary["profile"] == profile]
         out += [f"## Profile `{profile}`", ""]
-        if profile != "paper":
+        if profile != PAPER_PROFILE:
             out += [f"> The `{profile}` profile trains for fewer epochs on less data than the "
                     "papers: its gaps to the published numbers are expected.", ""]
+        out += _provenance(results_dir, profile, version)
         for (paper, table), st in sp.groupby(["paper", "table"], sort=False):
             out += [f"### {paper or '(paper not set)'} — {table or '(table not set)'}", "",
                     _table_for(st), ""]
@@ -369,14 +659,17 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
         figs = figures.get(profile, [])
         if figs:
             out += [f"### Figures (`{profile}`)", ""]
-            out += [f"![{p.stem}]({_rel(p, results_dir)})" for p in figs] + [""]
+            for p in figs:
+                rel = _rel(p, results_dir)
+                out += [f"![{p.stem}]({rel})", "",
+                        f"[PDF]({_rel(p.with_suffix('.pdf'), results_dir)})", ""]
     if problems:
         out += ["## Warnings", "", *(f"- {p}" for p in problems), ""]
     return "\n".join(out)
 
 
 def write_report(results_dir: os.PathLike | str = "results") -> Dict[str, Any]:
-    """Write ``summary.csv``, ``README.md`` and ``figures/*.png`` under ``results_dir``."""
+    """Write ``summary.csv``, ``README.md`` and ``figures/*.png`` / ``*.pdf`` under ``results_dir``."""
     root = Path(results_dir)
     root.mkdir(parents=True, exist_ok=True)
     df, problems = collect(root)

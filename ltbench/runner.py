@@ -10,8 +10,10 @@ Layout of one batch (``results/<profile>/<notebook>/``):
 * ``run.log``: the cells' stdout/stderr as they stream, plus the error, of the last attempt;
 * ``completed.json``: completion marker, written atomically and only after success; a run
   counts as complete when its marker holds the same parameters and the same notebook source;
-* whatever the notebook writes under ``out_dir`` (``runs/<run>/metrics.json`` ...). The runner
-  never deletes these, so a failed or interrupted notebook resumes through its own skip logic.
+* whatever the notebook writes under ``out_dir`` (tables, figures, ``runs.json``: its runs' labels
+  and keys). The training runs themselves live in the profile's run store ``results/<profile>/runs/``
+  (``store_dir``, :mod:`ltbench.runs`), shared by every notebook; the runner never deletes them,
+  so a failed or interrupted notebook resumes through :func:`ltbench.runs.run`.
 
 Everything that can be checked before executing is checked before executing anything: the
 profile, the ``--only`` names, the results folder, the kernel, and every override against the
@@ -43,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ltbench import runcache
 from ltbench.io import atomic_write_json
 from ltbench.profiles import DEFAULT_PROFILE, PROFILES, check_profile, resolve_overrides
 from ltbench.registry import Registry
@@ -51,11 +52,15 @@ from ltbench.registry import Registry
 MARKER = "completed.json"
 LOG = "run.log"
 DEFAULT_KERNEL = "python3"
+#: Seconds one notebook cell may run before it is stopped and the notebook counts as failed, so a
+#: hung cell cannot block a batch forever (notebooks only render once `execute` has trained their
+#: runs; a cell that trains a paper-scale run on a GPU stays well inside it).
+DEFAULT_CELL_TIMEOUT = 12 * 3600
 #: Parameters the runner sets itself; overriding them would break the results layout.
-RUNNER_PARAMETERS = ("profile", "out_dir")
+RUNNER_PARAMETERS = ("profile", "out_dir", "store_dir")
 #: Parameters not compared for completeness: ``out_dir`` is where the marker itself lies, so
 #: comparing it would only make a moved results folder re-run everything.
-_NOT_COMPARED = ("out_dir",)
+_NOT_COMPARED = ("out_dir", "store_dir")
 
 OK, FAILED, SKIPPED, DEAD = "ok", "failed", "skipped", "dead-kernel"
 INTERRUPTED, PENDING = "interrupted", "would-run"
@@ -426,7 +431,8 @@ def _kernel_path(path: Path, kernel_cwd: Path) -> str:
         return str(path)
 
 
-def _execute(plan: _Planned, kernel_name: str, progress: bool, profile: str) -> RunStatus:
+def _execute(plan: _Planned, kernel_name: str, progress: bool, profile: str,
+             cell_timeout: Optional[float] = DEFAULT_CELL_TIMEOUT) -> RunStatus:
     """Execute one planned notebook; never raises except on KeyboardInterrupt."""
     import nbclient.exceptions
     import papermill as pm
@@ -450,6 +456,7 @@ def _execute(plan: _Planned, kernel_name: str, progress: bool, profile: str) -> 
                     str(plan.path), str(running), parameters=plan.parameters,
                     kernel_name=kernel_name, progress_bar=progress,
                     stdout_file=log, stderr_file=log, cwd=str(plan.path.parent),
+                    execution_timeout=cell_timeout,
                 )
         except PapermillExecutionError as exc:
             # papermill has saved the notebook with its error banner; keep its summary line.
@@ -470,6 +477,7 @@ def _execute(plan: _Planned, kernel_name: str, progress: bool, profile: str) -> 
         log.write(f"\n# {status} after {seconds:.1f} s\n")
 
     if status == OK:
+        _portable(running, plan.path.parent)
         os.replace(running, final)
         failed.unlink(missing_ok=True)
         atomic_write_json(run_dir / MARKER, {
@@ -495,6 +503,32 @@ def _execute(plan: _Planned, kernel_name: str, progress: bool, profile: str) -> 
         executed = failed
     return RunStatus(stem, status, seconds, run_dir, executed or run_dir / LOG,
                      plan.parameters, error)
+
+
+def _portable(executed: Path, source_dir: Path) -> None:
+    """Make an executed notebook independent of this clone's location: papermill's recorded input
+    and output paths become relative to the results folder, and the notebook's relative Markdown
+    links (written for ``notebooks/``) point from where the executed copy lives."""
+    import re
+
+    nb = json.loads(executed.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if isinstance(meta.get(key), str) and os.path.isabs(meta[key]):
+            meta[key] = Path(os.path.relpath(meta[key], executed.parent.resolve())).as_posix()
+
+    def fix(m: "re.Match[str]") -> str:
+        target, anchor = m.group(1), m.group(2) or ""
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith(("/", "#")):
+            return m.group(0)
+        rel = os.path.relpath((source_dir / target).resolve(), executed.parent.resolve())
+        return f"]({Path(rel).as_posix()}{anchor})"
+
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = re.sub(r"\]\(([^)#\s]+)(#[^)\s]*)?\)", fix, src)
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def plan_runs(
@@ -527,6 +561,7 @@ def plan_runs(
         params["profile"] = profile
         run_dir = out_root / stem
         params["out_dir"] = _kernel_path(run_dir, available[stem].parent)
+        params["store_dir"] = _kernel_path(out_root, available[stem].parent)
         problems += check_parameters(stem, available[stem], params,
                                      _sources(profile, stem, extra))
         plans.append(_Planned(stem, available[stem], params, run_dir, _sha256(available[stem])))
@@ -548,6 +583,7 @@ def run_notebooks(
     progress: bool = True,
     verbose: bool = True,
     dry_run: bool = False,
+    cell_timeout: Optional[float] = DEFAULT_CELL_TIMEOUT,
 ) -> List[RunStatus]:
     """Execute the selected notebooks of ``notebooks_dir`` under ``profile``.
 
@@ -556,17 +592,15 @@ def run_notebooks(
     :class:`ConfigError` before executing anything if the configuration is invalid. A failing
     notebook does not stop the others; inspect the returned statuses (or the printed summary).
     """
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float))
+                                     or not cell_timeout > 0):
+        raise ConfigError(f"cell_timeout={cell_timeout!r}: expected a positive number of seconds (or None)")
     plans = plan_runs(profile, only, seeds, results_dir, notebooks_dir, overrides)
     warning = check_kernel(kernel_name)
     say = print if verbose else (lambda *a, **k: None)
     if warning:
         say(warning, file=sys.stderr)
 
-    # Notebooks of one profile share identical finished runs (CE baselines, ...): see ltbench.runcache.
-    # Set for this batch only (the kernels inherit it), unless the caller chose an index already.
-    index_was = os.environ.get(runcache.ENV_VAR)
-    if index_was is None:
-        os.environ[runcache.ENV_VAR] = str((Path(results_dir) / profile / ".run_index").resolve())
     statuses: List[RunStatus] = []
     try:
         for i, plan in enumerate(plans, 1):
@@ -584,7 +618,7 @@ def run_notebooks(
                                           plan.parameters))
                 continue
             say(f"{head}: running ({reason}) -> {_rel(plan.run_dir)}", flush=True)
-            st = _execute(plan, kernel_name, progress, profile)
+            st = _execute(plan, kernel_name, progress, profile, cell_timeout)
             statuses.append(st)
             say(f"{head}: {st.status} in {st.seconds:.1f} s"
                 + (f" -- {st.error}; see {_rel(st.executed)}" if st.error else ""), flush=True)
@@ -596,9 +630,6 @@ def run_notebooks(
                                           None, plan.parameters, "interrupted"))
         say(format_summary(statuses))
         raise
-    finally:
-        if index_was is None:
-            os.environ.pop(runcache.ENV_VAR, None)
     say(format_summary(statuses))
     return statuses
 

@@ -1,10 +1,10 @@
-"""Epoch samplers for long-tailed training (SPEC §5).
+"""Epoch samplers for long-tailed training (docs/methods.md §5).
 
 Every sampler draws a whole epoch at once as a deterministic function of ``(seed, epoch)``:
 a CPU ``torch.Generator`` is seeded from both, so every rank and every device computes the same
 *global* draw, vectorised (no Python loop over samples).
 
-Sharding (SPEC §5, DDP): rank ``r`` of ``world_size`` takes ``global[r::world_size]``. The shards
+Sharding (docs/methods.md §5, DDP): rank ``r`` of ``world_size`` takes ``global[r::world_size]``. The shards
 of all ranks, interleaved, are exactly the single-process draw. No padding is added (unlike
 ``torch.utils.data.DistributedSampler``), so when ``num_samples % world_size != 0`` the first
 ``num_samples % world_size`` ranks get one sample more; pick a divisible ``num_samples`` (or drop
@@ -19,6 +19,10 @@ a sampler and an epoch in :class:`EpochSampler`: it yields this rank's shard of 
 Class-level samplers (``class_balanced``, ``square_root``, ``progressive``, ``reversed``) draw a
 class ``c`` with probability ``P_c`` (``torch.multinomial``, with replacement), then a sample of
 that class uniformly with replacement, via a sorted-by-class index array and class offsets.
+
+``class_aware`` is Decoupling's class-aware sampler (classifier-balancing's ``ClassAwareSampler``):
+no independent draws but shuffled cycles, over classes and within each class, continued from one
+epoch to the next (see :class:`ClassAwareSampler`).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ __all__ = [
     "InstanceSampler",
     "ClassLevelSampler",
     "ClassBalancedSampler",
+    "ClassAwareSampler",
     "SquareRootSampler",
     "ProgressiveSampler",
     "ReversedSampler",
@@ -98,10 +103,10 @@ def _as_labels(labels: LabelsLike) -> torch.Tensor:
 
 
 class LTSampler(Sampler[int]):
-    """Base class: one epoch is a global draw of ``num_samples`` dataset indices (SPEC §5).
+    """Base class: one epoch is a global draw of ``num_samples`` dataset indices (docs/methods.md §5).
 
     Subclasses implement :meth:`_draw` (the global draw from a seeded CPU generator) and
-    :meth:`class_probabilities` (``P_c`` of SPEC §5).
+    :meth:`class_probabilities` (``P_c`` of docs/methods.md §5).
     """
 
     name: str = ""
@@ -144,7 +149,7 @@ class LTSampler(Sampler[int]):
 
     # -- sharding (DDP) -------------------------------------------------------------------
     def shard(self, rank: int, world_size: int, even: bool = True) -> "LTSampler":
-        """Make this sampler rank ``rank`` of ``world_size`` (SPEC §5, DDP); returns ``self``.
+        """Make this sampler rank ``rank`` of ``world_size`` (docs/methods.md §5, DDP); returns ``self``.
 
         The global draw does not change: rank ``r`` takes ``global[r::world_size]``. With
         ``even`` every shard is cut to ``num_samples // world_size`` samples (the last
@@ -184,7 +189,7 @@ class LTSampler(Sampler[int]):
         raise NotImplementedError
 
     def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
-        """``P_c`` (float64, sums to 1) for ``epoch`` (default: the current epoch), SPEC §5."""
+        """``P_c`` (float64, sums to 1) for ``epoch`` (default: the current epoch), docs/methods.md §5."""
         raise NotImplementedError
 
     def _global(self, epoch: Optional[int]) -> torch.Tensor:
@@ -223,7 +228,7 @@ class LTSampler(Sampler[int]):
 
 @SAMPLERS.register("instance")
 class InstanceSampler(LTSampler):
-    """Instance-balanced sampling: a random permutation, each sample once per epoch (SPEC §5).
+    """Instance-balanced sampling: a random permutation, each sample once per epoch (docs/methods.md §5).
 
     ``P_c = n_c / N``. If ``num_samples`` exceeds ``len(labels)``, independent permutations are
     concatenated (then truncated), so each sample appears once per full pass.
@@ -245,7 +250,7 @@ class InstanceSampler(LTSampler):
 
 class ClassLevelSampler(LTSampler):
     """Class first (``torch.multinomial`` with ``P_c``), then a uniform sample of that class
-    with replacement (SPEC §5). With ``k > 1`` each drawn class yields ``k`` consecutive
+    with replacement (docs/methods.md §5). With ``k > 1`` each drawn class yields ``k`` consecutive
     samples: ``global[j*k:(j+1)*k]`` share a class (the last block may be truncated).
 
     Every class in ``range(num_classes)`` must have at least one sample: a declared class is
@@ -281,7 +286,7 @@ class ClassLevelSampler(LTSampler):
 @SAMPLERS.register("class_balanced")
 class ClassBalancedSampler(ClassLevelSampler):
     """Class-aware sampling, ``P_c = 1 / C``; option ``k`` consecutive samples per drawn class
-    (Decoupling uses 4), SPEC §5."""
+    (Decoupling uses 4), docs/methods.md §5."""
 
     name = "class_balanced"
 
@@ -290,9 +295,127 @@ class ClassBalancedSampler(ClassLevelSampler):
         return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64)
 
 
+# Tags that separate the two hash streams of ClassAwareSampler (any distinct 64-bit constants).
+_TAG_CLASS_CYCLES = 0x3C1A55C7C1E5A11D
+_TAG_WITHIN_CYCLES = 0x5A3F1E2D7B9C4E61
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """:func:`_splitmix64` on a ``uint64`` array (wrapping arithmetic): a counter-based hash, so
+    the random key of any (cycle, element) is computable on its own, in any epoch."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+@SAMPLERS.register("class_aware")
+class ClassAwareSampler(ClassLevelSampler):
+    """Decoupling's class-aware sampler (Kang et al. 2020; classifier-balancing's
+    ``data/ClassAwareSampler.py``), docs/methods.md §5 class-balanced sampling as cycles, not draws.
+
+    Classes come from a shuffled cycle over all ``C`` classes (each class exactly once per cycle,
+    a new shuffle every cycle); each class draw yields ``k`` consecutive samples (the authors'
+    ``num_samples_cls``; 4 in their configs) taken from that class's own shuffled cycle (every
+    sample of the class once before any repeats, a new shuffle every cycle). ``P_c = 1 / C``.
+
+    Epochs are consecutive pieces of one endless stream, as with the authors' sampler object,
+    whose cycle iterators persist from one epoch to the next: epoch ``t`` makes class draws
+    ``t B .. t B + B - 1`` with ``B = ceil(num_samples / k)``; class draw ``d`` is class cycle
+    ``d // C`` and consumes ``k`` samples of its class's stream even when the epoch's last draw is
+    cut short (the authors' generator does the same). Every shuffle is keyed by a counter-based
+    hash of ``(seed, cycle)``, so any epoch is computed on its own, vectorised, and the same on
+    every rank.
+
+    Epoch length (``num_samples``): by default ``epoch_length="n_max_x_classes"``, i.e.
+    ``max_c n_c * C``, the authors' ``ClassAwareSampler.__len__``. Note that the authors' training
+    loop (``run_networks.py``) stops every epoch after ``int(N / batch_size)`` steps, so the samples
+    Decoupling actually trains on per epoch are about the dataset size: ``epoch_length="dataset"``
+    (``N``, with ``drop_last``) reproduces that. An explicit ``num_samples`` overrides both.
+    Not modelled: the few batches the authors' DataLoader workers prefetch past that break, which
+    their stream then skips.
+    """
+
+    name = "class_aware"
+
+    #: Valid values of ``epoch_length``.
+    EPOCH_LENGTHS = ("n_max_x_classes", "dataset")
+
+    def __init__(self, labels: LabelsLike, *, k: int = 1, epoch_length: str = "n_max_x_classes",
+                 num_samples: Optional[int] = None, **kwargs: Any) -> None:
+        if epoch_length not in self.EPOCH_LENGTHS:
+            raise ValueError(f"epoch_length must be one of {self.EPOCH_LENGTHS}, got epoch_length={epoch_length!r}")
+        super().__init__(labels, k=k, num_samples=num_samples, **kwargs)
+        self.epoch_length = epoch_length
+        if num_samples is None and epoch_length == "n_max_x_classes":
+            self.num_samples = int(self.class_counts.max()) * self.num_classes
+        self._counts_np = self.class_counts.numpy().astype(np.int64)
+        self._offsets_np = self._offsets.numpy().astype(np.int64)
+        self._key_classes = np.uint64(_splitmix64(_splitmix64(self.seed & _MASK64) ^ _TAG_CLASS_CYCLES))
+        self._key_within = np.uint64(_splitmix64(_splitmix64(self.seed & _MASK64) ^ _TAG_WITHIN_CYCLES))
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        self._resolve_epoch(epoch)
+        return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64)
+
+    def class_cycles(self, first: int, count: int) -> np.ndarray:
+        """Class cycles ``first .. first + count - 1`` of the stream, ``[count, C]`` class ids."""
+        first = _check_int("first", first, 0)
+        count = _check_int("count", count, 1)
+        q = np.arange(first, first + count, dtype=np.uint64)[:, None]
+        keys = _mix64(_mix64(self._key_classes ^ q) ^ np.arange(self.num_classes, dtype=np.uint64)[None, :])
+        return np.argsort(keys, axis=1, kind="stable")
+
+    def within_cycle(self, c: int, w: int) -> torch.Tensor:
+        """Cycle ``w`` of class ``c``'s stream: its ``n_c`` dataset indices in shuffled order."""
+        c = _check_int("c", c, 0)
+        w = _check_int("w", w, 0)
+        if c >= self.num_classes:
+            raise ValueError(f"c must be a class in [0, {self.num_classes}), got c={c}")
+        n = int(self._counts_np[c])
+        seg_key = _mix64(_mix64(self._key_within ^ np.array([c], dtype=np.uint64)) ^ np.uint64(w))
+        keys = _mix64(seg_key ^ np.arange(n, dtype=np.uint64))
+        order = np.argsort(keys, kind="stable")
+        return self._by_class[torch.from_numpy(self._offsets_np[c] + order)]
+
+    def _draw(self, gen: torch.Generator, epoch: int) -> torch.Tensor:
+        # ``gen`` is unused: the shuffles are hashes of (seed, cycle), not of (seed, epoch).
+        L, k, C, counts = self.num_samples, self.k, self.num_classes, self._counts_np
+        draws = -(-L // k)
+        d = epoch * draws + np.arange(draws, dtype=np.int64)  # global class-draw indices
+        q = d // C  # class cycle of each draw = how many draws of its class came before
+        q0, q1 = int(q[0]), int(q[-1])
+        cls_of_draw = self.class_cycles(q0, q1 - q0 + 1)[q - q0, d % C]
+        # Position p of the epoch: draw b = p // k, j-th of its k samples; that is element q k + j of
+        # its class's stream, i.e. offset o of within-class cycle w.
+        p = np.arange(L, dtype=np.int64)
+        b = p // k
+        cls = cls_of_draw[b]
+        s = q[b] * k + p % k
+        w, o = np.divmod(s, counts[cls])
+        # The within-class cycles this epoch touches: w_lo[c] .. w_hi[c] of each class c, laid out
+        # one after the other (segments), each of n_c elements.
+        w_lo = (q0 * k) // counts
+        n_seg = ((q1 + 1) * k - 1) // counts - w_lo + 1
+        seg_first = np.cumsum(n_seg) - n_seg
+        seg_cls = np.repeat(np.arange(C, dtype=np.int64), n_seg)
+        seg_w = w_lo[seg_cls] + np.arange(seg_cls.size, dtype=np.int64) - seg_first[seg_cls]
+        seg_len = counts[seg_cls]
+        elem_first = np.cumsum(seg_len) - seg_len
+        elem_seg = np.repeat(np.arange(seg_cls.size, dtype=np.int64), seg_len)
+        elem_i = np.arange(elem_seg.size, dtype=np.int64) - elem_first[elem_seg]
+        seg_key = _mix64(_mix64(self._key_within ^ seg_cls.astype(np.uint64)) ^ seg_w.astype(np.uint64))
+        keys = _mix64(seg_key[elem_seg] ^ elem_i.astype(np.uint64))
+        order = np.lexsort((keys, elem_seg))  # each segment's elements, shuffled in place
+        g = seg_first[cls] + (w - w_lo[cls])
+        within = order[elem_first[g] + o] - elem_first[g]
+        return self._by_class[torch.from_numpy(self._offsets_np[cls] + within)]
+
+
 @SAMPLERS.register("square_root")
 class SquareRootSampler(ClassLevelSampler):
-    """Square-root sampling, ``P_c ∝ n_c ** 0.5`` (SPEC §5)."""
+    """Square-root sampling, ``P_c ∝ n_c ** 0.5`` (docs/methods.md §5)."""
 
     name = "square_root"
 
@@ -304,7 +427,7 @@ class SquareRootSampler(ClassLevelSampler):
 
 @SAMPLERS.register("progressive")
 class ProgressiveSampler(ClassLevelSampler):
-    """Progressively-balanced sampling (SPEC §5):
+    """Progressively-balanced sampling (docs/methods.md §5):
     ``P_c(t) = (1 - t/T) * n_c / N + (t/T) / C`` with ``t`` the 0-based epoch and
     ``T = total_epochs``. ``t = 0`` is instance-balanced, ``t = T`` class-balanced; epochs past
     ``T`` stay class-balanced (``t/T`` is clamped to 1).
@@ -317,7 +440,7 @@ class ProgressiveSampler(ClassLevelSampler):
     ) -> None:
         if total_epochs is None:
             raise ValueError(
-                "sampler 'progressive' requires total_epochs (T in P_c(t) of SPEC §5), "
+                "sampler 'progressive' requires total_epochs (T in P_c(t) of docs/methods.md §5), "
                 "an int >= 1; got total_epochs=None"
             )
         self.total_epochs = _check_int("total_epochs", total_epochs, 1)
@@ -333,7 +456,7 @@ class ProgressiveSampler(ClassLevelSampler):
 
 @SAMPLERS.register("reversed")
 class ReversedSampler(ClassLevelSampler):
-    """BBN reversed sampling: ``w_c = n_max / n_c``, ``P_c = w_c / sum w`` (SPEC §5, §7)."""
+    """BBN reversed sampling: ``w_c = n_max / n_c``, ``P_c = w_c / sum w`` (docs/methods.md §5, §7)."""
 
     name = "reversed"
 
@@ -346,7 +469,7 @@ class ReversedSampler(ClassLevelSampler):
 
 class EpochSampler(Sampler[int]):
     """``torch.utils.data.Sampler`` view of one epoch of an :class:`LTSampler`, for a normal
-    ``DataLoader`` (large datasets streamed from disk, SPEC §5).
+    ``DataLoader`` (large datasets streamed from disk, docs/methods.md §5).
 
     Yields ``sampler.indices(epoch)``: this rank's shard (``rank``/``world_size`` of the wrapped
     sampler) of the deterministic global draw of ``epoch``, so class-level sampling works
@@ -376,11 +499,13 @@ class EpochSampler(Sampler[int]):
 
 
 def build_sampler(name: str, labels: LabelsLike, seed: int = 0, **options: Any) -> LTSampler:
-    """Build sampler ``name`` (one of ``SAMPLERS.names()``) over ``labels`` (SPEC §5).
+    """Build sampler ``name`` (one of ``SAMPLERS.names()``) over ``labels`` (docs/methods.md §5).
 
-    Common options: ``num_samples`` (default ``len(labels)``), ``rank=0``, ``world_size=1``,
-    ``num_classes`` (default ``max(labels) + 1``). ``class_balanced`` (and the other
-    class-level samplers) take ``k=1``; ``progressive`` requires ``total_epochs``.
+    Common options: ``num_samples`` (default ``len(labels)``; ``class_aware``: ``max_c n_c * C``),
+    ``rank=0``, ``world_size=1``, ``num_classes`` (default ``max(labels) + 1``). ``class_balanced``,
+    ``class_aware`` (and the other class-level samplers) take ``k=1``; ``class_aware`` also
+    ``epoch_length`` (``"n_max_x_classes"`` or ``"dataset"``); ``progressive`` requires
+    ``total_epochs``.
     """
     cls = SAMPLERS.get(name)
     valid: set[str] = set()

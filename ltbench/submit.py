@@ -123,19 +123,11 @@ class NotebookJob(submitit.helpers.Checkpointable):
 
 
 def _job_env(results_dir: Path, profile: str) -> Dict[str, str]:
-    """Environment the jobs need beyond their inherited one: ``ltbench`` importable (PYTHONPATH)
-    and, like the local backend, the profile's shared run index (``ltbench.runcache``), if any."""
+    """Environment the jobs need beyond their inherited one: ``ltbench`` importable (PYTHONPATH).
+    Runs are shared between jobs through the profile's run store (``store_dir``, set per notebook)."""
     root = str(Path(__file__).resolve().parents[1])
     old = os.environ.get("PYTHONPATH", "")
-    env = {"PYTHONPATH": os.pathsep.join([root] + ([old] if old else []))}
-    try:
-        from ltbench import runcache
-    except ImportError:  # pragma: no cover - older trees without run sharing
-        return env
-    var = getattr(runcache, "ENV_VAR", None)
-    if var and var not in os.environ:
-        env[var] = str((results_dir / profile / ".run_index").resolve())
-    return env
+    return {"PYTHONPATH": os.pathsep.join([root] + ([old] if old else []))}
 
 
 def _local_gpus() -> int:

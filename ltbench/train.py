@@ -10,7 +10,7 @@
 The same engine (:class:`ltbench.engine.Trainer` and its BBN / stage-2 subclasses) runs under
 PyTorch's own ``DistributedDataParallel`` with:
 
-- the samplers' rank sharding (SPEC §5): every rank computes the same global draw and takes
+- the samplers' rank sharding (docs/methods.md §5): every rank computes the same global draw and takes
   ``global[rank::world_size]``, cut to equal length (:meth:`ltbench.samplers.LTSampler.shard`);
   ``train.batch_size`` is the *global* batch and must be divisible by the world size;
 - large datasets (ImageNet-LT, Places-LT, iNaturalist, :mod:`ltbench.data.large`) streamed from
@@ -18,17 +18,17 @@ PyTorch's own ``DistributedDataParallel`` with:
   by its position in the epoch's global draw, so it does not depend on the rank or worker that
   loads it (N processes with batch B/N see exactly the batches one process with batch B sees).
   CIFAR-LT and the other in-memory sets keep the device-resident path;
-- the stateful losses' statistics all-reduced inside ``backward`` (SPEC §4, ``ltbench.losses``);
+- the stateful losses' statistics all-reduced inside ``backward`` (docs/methods.md §4, ``ltbench.losses``);
 - ``launch.sync_batchnorm`` (``torch.nn.SyncBatchNorm``, CUDA only): without it each rank
   normalises with its own batch statistics, as in the papers' multi-GPU runs;
 - checkpoints and results written by rank 0 only (atomic writes, :mod:`ltbench.io`), resume from
   ``checkpoint.pt`` on every rank, and evaluation sharded over ranks with the predictions gathered
-  (:func:`ltbench.distributed.gather_shards`) before the metrics of SPEC §3 are computed.
+  (:func:`ltbench.distributed.gather_shards`) before the metrics of docs/methods.md §3 are computed.
 
 Config file (TOML, or JSON with the same structure)::
 
     kind = "train"                  # a RUN_KINDS name: train | bbn | stage2
-    out_dir = "runs/imagenet_lt/resnext50_joint"
+    out_dir = "runs/imagenet_lt"    # the run store: the run lands in out_dir/runs/<key>/
 
     [train]                         # TrainConfig fields (BBNConfig for bbn; stage-2 overrides for stage2)
     dataset = "imagenet_lt"
@@ -43,11 +43,18 @@ Config file (TOML, or JSON with the same structure)::
 
     [published]                     # the numbers to compare with (recorded in metrics.json)
     top1 = 44.4
-    source = "Decoupling README; SPEC §10"
+    source = "Decoupling README; docs/methods.md §10"
 
-``kind = "stage2"``: ``[train]`` holds ``stage1_dir``, ``method`` (crt, lws, tau_norm, ...) and
-overrides of the method's recipe; the rest comes from the finished stage-1 run
-(:func:`ltbench.two_stage.stage_two_config`).
+``kind = "stage2"``: the top-level ``stage1`` names the stage-1 run's config file (relative to
+this file's folder; its ``out_dir`` must be this one's, so both runs live in one store), and
+``[train]`` holds ``method`` (crt, lws, tau_norm, ce, rw, rs) and overrides of the method's recipe;
+data and model come from the stage-1 config (:func:`ltbench.methods.stage_two_spec`). A missing
+stage-1 run is trained first.
+
+Every run goes through :func:`ltbench.runs.run`: a config names a run spec (its identity is the
+spec's content, not the folder), a finished run in the store is reused, an interrupted one resumes
+on every rank, and ``[train]``'s execution fields (``device``, ``compile``, ``data_root``,
+``checkpoint_every``, ``channels_last``) are execution options, not part of the identity.
 """
 from __future__ import annotations
 
@@ -72,14 +79,16 @@ from . import distributed as D
 from . import two_stage as _two_stage  # noqa: F401 - registers step_crt
 from .config import TrainConfig
 from .data import LARGE_DATASETS, LargeLTData, LargeLTDataset, build_large_dataset
-from .engine import CHECKPOINT_FILE, METRICS_FILE, EvalResult, Trainer, TrainResult, derive_seed, load_data
+from .engine import EXECUTION_FIELDS, EvalResult, Trainer, TrainResult, derive_seed, load_data
 from .metrics import confusion_matrix, expected_calibration_error, per_class_accuracy, shot_accuracy
 from .models import get_classifier
 from .registry import Registry
+from .runs import ExecOptions, RunSpec, RunStore, make_spec
+from .runs import run as runs_run
 from .samplers import LTSampler, _splitmix64
 
 __all__ = [
-    "LaunchOptions", "RunKind", "RUN_KINDS", "RunSpec", "load_run_config", "StreamingSplit",
+    "LaunchOptions", "RunKind", "RUN_KINDS", "RunConfig", "load_run_config", "StreamingSplit",
     "eval_result_from_predictions", "DistributedMixin", "distributed_trainer", "load_run_data", "run", "main",
 ]
 
@@ -154,72 +163,89 @@ class LaunchOptions:
 
 @dataclass(frozen=True)
 class RunKind:
-    """How a ``kind`` of run builds its configuration from ``[train]`` and which trainer runs it."""
+    """How a ``kind`` of config file becomes a run spec: ``build([train] fields, file data, file path)``."""
 
-    make_config: Callable[[Dict[str, Any]], TrainConfig]
-    trainer: Callable[[TrainConfig], type]
+    build: Callable[[Dict[str, Any], Dict[str, Any], Path], RunSpec]
     description: str = ""
 
 
-def _train_config(d: Dict[str, Any]) -> TrainConfig:
-    return TrainConfig.from_dict(d).validate()
+def _launch_params(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The launch options that change the numbers, as the spec's ``launch`` parameter (only when
+    they differ from the defaults, so ordinary runs share their identity with every other path)."""
+    record = LaunchOptions.from_dict(dict(data.get("launch", {}))).record()
+    return {"launch": record} if record != LaunchOptions().record() else {}
 
 
-def _bbn_config(d: Dict[str, Any]) -> TrainConfig:
+def _train_spec(d: Dict[str, Any], data: Dict[str, Any], path: Path) -> RunSpec:
+    return make_spec("joint", TrainConfig.from_dict(d), **_launch_params(data))
+
+
+def _bbn_spec(d: Dict[str, Any], data: Dict[str, Any], path: Path) -> RunSpec:
     from .bbn import BBNConfig
 
-    return BBNConfig().replace(**d).validate()
+    return make_spec("bbn", BBNConfig().replace(**d), **_launch_params(data))
 
 
-def _bbn_trainer(cfg: TrainConfig) -> type:
-    from .bbn import BBNTrainer
-
-    return BBNTrainer
-
-
-def _stage2_config(d: Dict[str, Any]) -> TrainConfig:
-    from .two_stage import stage_two_config
+def _stage2_spec(d: Dict[str, Any], data: Dict[str, Any], path: Path) -> RunSpec:
+    from .methods import STAGE2_METHOD_NAMES, stage_two_spec
 
     d = dict(d)
-    missing = [k for k in ("stage1_dir", "method") if k not in d]
-    if missing:
-        raise ValueError(f"kind = 'stage2' needs {missing} in [train] (the finished stage-1 run's out_dir and a "
-                         "stage-2 method: crt, lws, tau_norm, ce, rw, rs)")
-    return stage_two_config(d.pop("stage1_dir"), d.pop("method"), **d)
-
-
-def _stage2_trainer(cfg: TrainConfig) -> type:
-    from .two_stage import _trainer_for
-
-    return _trainer_for(cfg)  # type: ignore[arg-type]
+    if "stage1_dir" in d:
+        raise ValueError(f"--config {str(path)!r}: [train].stage1_dir is gone: name the stage-1 run's config file "
+                         "with a top-level stage1 = \"<file>.toml\" (runs are found by their spec, not by folder)")
+    if "method" not in d or not isinstance(data.get("stage1"), str):
+        raise ValueError(f"--config {str(path)!r}: kind = 'stage2' needs a top-level stage1 = \"<stage-1 config file>\" "
+                         "and [train].method (crt, lws, tau_norm, ce, rw, rs)")
+    method = d.pop("method")
+    name = {"ce": "stage2_ce", "rw": "stage2_rw", "rs": "stage2_rs"}.get(method, method)
+    if name not in STAGE2_METHOD_NAMES:
+        raise ValueError(f"--config {str(path)!r}: invalid [train].method={method!r}; valid: crt, lws, tau_norm, ce, rw, rs")
+    s1_path = (path.parent / data["stage1"]).resolve()
+    stage1 = load_run_config(s1_path)
+    if Path(stage1.out_dir) != Path(data.get("out_dir", "")):
+        raise ValueError(f"--config {str(path)!r}: its stage-1 config {data['stage1']!r} stores runs in "
+                         f"out_dir={stage1.out_dir!r}, this one in out_dir={data.get('out_dir')!r}; use one out_dir (one "
+                         "run store) for both")
+    exec_fields = {k: d.pop(k) for k in list(d) if k in EXECUTION_FIELDS}
+    del exec_fields
+    spec = stage_two_spec(stage1.spec, name, **d)
+    launch = _launch_params(data)
+    return make_spec(spec.method, spec.train_config(), deps=spec.dependencies, **launch) if launch else spec
 
 
 #: ``kind`` of a config file -> :class:`RunKind` (the registry stores the objects themselves).
 RUN_KINDS: Registry[RunKind] = Registry("run kind", "kind")
-RUN_KINDS.register("train")(RunKind(_train_config, lambda cfg: Trainer, "one joint training run (TrainConfig)"))  # type: ignore[arg-type]
-RUN_KINDS.register("bbn")(RunKind(_bbn_config, _bbn_trainer, "BBN, SPEC §7 (BBNConfig)"))  # type: ignore[arg-type]
-RUN_KINDS.register("stage2")(RunKind(_stage2_config, _stage2_trainer,  # type: ignore[arg-type]
-                                     "classifier re-training on a finished stage-1 run, SPEC §6"))
+RUN_KINDS.register("train")(RunKind(_train_spec, "one joint training run (method 'joint', TrainConfig)"))  # type: ignore[arg-type]
+RUN_KINDS.register("bbn")(RunKind(_bbn_spec, "BBN, docs/methods.md §7 (method 'bbn', BBNConfig)"))  # type: ignore[arg-type]
+RUN_KINDS.register("stage2")(RunKind(_stage2_spec,  # type: ignore[arg-type]
+                                     "classifier re-training on a stage-1 run named by its config file, docs/methods.md §6"))
 
 
 @dataclass
-class RunSpec:
-    """Everything a config file says: the kind, where results go, the training configuration, the
-    launch options and the published numbers to compare with."""
+class RunConfig:
+    """Everything a config file says: the kind, the run store (``out_dir``), the run spec, the
+    execution fields of ``[train]``, the launch options and the published numbers to compare with."""
 
     kind: str
     out_dir: str
-    train: TrainConfig
+    spec: RunSpec
+    execution: Dict[str, Any] = field(default_factory=dict)
     launch: LaunchOptions = field(default_factory=LaunchOptions)
     published: Dict[str, Any] = field(default_factory=dict)
     source: Optional[str] = None
 
     @property
-    def trainer_cls(self) -> type:
-        return RUN_KINDS.get(self.kind).trainer(self.train)  # type: ignore[union-attr]
+    def train(self) -> TrainConfig:
+        """The run's configuration with this file's execution fields."""
+        return self.spec.train_config(self.exec_options())
+
+    def exec_options(self, **changes: Any) -> ExecOptions:
+        fields = {k: v for k, v in self.execution.items() if k in ("device", "compile", "data_root", "channels_last",
+                                                                      "checkpoint_every")}
+        return ExecOptions(**{**fields, **changes})
 
 
-_TOP_LEVEL = ("kind", "out_dir", "train", "launch", "published")
+_TOP_LEVEL = ("kind", "out_dir", "stage1", "train", "launch", "published")
 
 
 def read_config_file(path: str | os.PathLike) -> Dict[str, Any]:
@@ -274,8 +300,9 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     return data
 
 
-def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunSpec:
+def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
     """Read, override and validate a config file (raising ValueError naming what is wrong)."""
+    path = Path(path)
     data = apply_overrides(read_config_file(path), overrides)
     unknown = sorted(set(data) - set(_TOP_LEVEL))
     if unknown:
@@ -286,23 +313,28 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     rk: RunKind = RUN_KINDS.get(kind)  # type: ignore[assignment]
     out_dir = data.get("out_dir")
     if not isinstance(out_dir, str) or not out_dir:
-        raise ValueError(f"--config {str(path)!r}: invalid out_dir={out_dir!r}: must be a folder path")
+        raise ValueError(f"--config {str(path)!r}: invalid out_dir={out_dir!r}: must be a folder path (the run store)")
     for section in ("train", "launch", "published"):
         if not isinstance(data.get(section, {}), dict):
             raise ValueError(f"--config {str(path)!r}: [{section}] must be a table")
+    if kind != "stage2" and "stage1" in data:
+        raise ValueError(f"--config {str(path)!r}: stage1 is only for kind = 'stage2'")
     launch = LaunchOptions.from_dict(data.get("launch", {}))
-    cfg = rk.make_config(dict(data.get("train", {})))
-    spec = RunSpec(kind, out_dir, cfg, launch, dict(data.get("published", {})), str(path))
-    _check_spec(spec)
-    return spec
+    train = dict(data.get("train", {}))
+    execution = {k: train.pop(k) for k in list(train) if k in EXECUTION_FIELDS}
+    spec = rk.build(train, data, path)
+    cfg = RunConfig(kind, out_dir, spec, execution, launch, dict(data.get("published", {})), str(path))
+    cfg.exec_options()  # validates the execution fields
+    _check_spec(cfg)
+    return cfg
 
 
-def _check_spec(spec: RunSpec) -> None:
-    """Problems that need the whole spec (before any process group or data)."""
-    cfg, launch = spec.train, spec.launch
+def _check_spec(rc: RunConfig) -> None:
+    """Problems that need the whole config (before any process group or data)."""
+    cfg, launch = rc.train, rc.launch
     if launch.pretrained:
-        if spec.kind != "train":
-            raise ValueError(f"launch.pretrained=true is supported for kind = 'train' only, got kind={spec.kind!r}")
+        if rc.kind != "train":
+            raise ValueError(f"launch.pretrained=true is supported for kind = 'train' only, got kind={rc.kind!r}")
         if not cfg.model.startswith("timm/"):
             raise ValueError(f"launch.pretrained=true needs a timm backbone (model='timm/<name>'), got model={cfg.model!r}")
     if cfg.dataset in LARGE_DATASETS:
@@ -383,7 +415,7 @@ class StreamingSplit:
     def plan(self, batches: Sequence[Any], base_seed: int, rank: int = 0, world_size: int = 1) -> None:
         """Queue this epoch's batches: each element is an index tensor or a tuple of them (one per
         sampler stream, as BBN's pairs). The image at local position ``p`` of stream ``j`` is
-        at global position ``rank + world_size * p`` (SPEC §5 sharding) and gets its augmentation
+        at global position ``rank + world_size * p`` (docs/methods.md §5 sharding) and gets its augmentation
         seed from ``(base_seed, j, global position)``."""
         flat: List[Tuple[int, torch.Tensor]] = []
         for b in batches:
@@ -439,7 +471,7 @@ class StreamingSplit:
 
 def eval_result_from_predictions(preds: torch.Tensor, confidence: torch.Tensor, targets: torch.Tensor,
                                  train_counts: Sequence[int], keep_confusion: bool = True) -> EvalResult:
-    """The :class:`EvalResult` of SPEC §3 from argmax predictions and max-softmax confidences:
+    """The :class:`EvalResult` of docs/methods.md §3 from argmax predictions and max-softmax confidences:
     the same numbers as :meth:`EvalResult.from_logits` on the logits, without gathering ``[N, C]``
     logits across ranks. ``keep_confusion=False`` stores an empty confusion matrix."""
     num_classes = len(train_counts)
@@ -584,21 +616,29 @@ class DistributedMixin:
         for idx in positions.split(batch_size):
             yield self.test_set.batch(idx, augment=False)
 
+    def build_val_set(self) -> Any:
+        # Streamed data has no validation split, and under DDP only the test set is sharded.
+        if self._streaming or self.world_size > 1:
+            return None
+        return super().build_val_set()  # type: ignore[misc]
+
     @torch.no_grad()
-    def evaluate(self, batch_size: Optional[int] = None) -> EvalResult:
-        """Test metrics (SPEC §3) with the test set sharded over ranks and the predictions gathered."""
+    def evaluate(self, batch_size: Optional[int] = None, split: str = "test") -> EvalResult:
+        """Test metrics (docs/methods.md §3) with the test set sharded over ranks and the predictions gathered."""
         if not self._streaming and self.world_size == 1:
-            return super().evaluate() if batch_size is None else super().evaluate(batch_size)  # type: ignore[misc]
+            kw = {} if batch_size is None else {"batch_size": batch_size}
+            return super().evaluate(split=split, **kw)  # type: ignore[misc]
         bs = batch_size or self.launch.eval_batch_size
         if self.world_size > 1:
             D.broadcast_buffers(self.model)  # everyone evaluates the model rank 0 saves
         forward, self.forward = self.forward, self.model  # no DDP forward (and no collective) in evaluation
         self.model.eval()
         preds, confs, targets = [], [], []
+        scale = self.eval_logit_scale()  # type: ignore[attr-defined]
         try:
             for x, y in self._eval_batches(bs):
                 with self.autocast():
-                    logits = self.predict(x).float()
+                    logits = self.predict(x).float() * scale
                 c, p = logits.softmax(dim=1).max(dim=1)
                 preds.append(p)
                 confs.append(c)
@@ -624,7 +664,7 @@ class DistributedMixin:
         D.on_main(super().save_checkpoint, path)  # type: ignore[misc]
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        saved = torch.load(path, map_location="cpu", weights_only=False).get("launch")
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("launch")
         if saved is not None:
             changed = {k: (saved.get(k), v) for k, v in self.launch.record().items() if saved.get(k) != v}
             if changed:
@@ -649,45 +689,21 @@ def distributed_trainer(base: type) -> type:
 # Running a spec
 
 
-def _completed(out_dir: Path, cfg: TrainConfig) -> Optional[TrainResult]:
-    if not (out_dir / METRICS_FILE).exists():
-        return None
-    try:
-        done = TrainResult.load(out_dir)
-    except (KeyError, ValueError, json.JSONDecodeError):
-        return None  # an unreadable result is recomputed
-    return done if done.config == cfg.to_dict() else None
+def run(rc: RunConfig, force: bool = False, progress: bool = True) -> TrainResult:
+    """Run the config ``rc`` in this process (one of ``torchrun``'s, or alone) through
+    :func:`ltbench.runs.run` and return its result.
 
-
-def run(spec: RunSpec, force: bool = False, progress: bool = True) -> TrainResult:
-    """Run ``spec`` in this process (one of ``torchrun``'s, or alone) and return its result.
-
-    A finished run (``metrics.json`` with the same configuration) is loaded, not retrained,
-    unless ``force``; an interrupted one resumes from ``checkpoint.pt``. Rank 0 writes every file.
+    A finished run of the same spec in ``rc.out_dir``'s store is loaded, not retrained, unless
+    ``force``; an interrupted one resumes from its checkpoint. Rank 0 writes every file.
     """
-    info, _device = D.init_distributed(spec.train.device, spec.launch.dist_backend)
+    info, _device = D.init_distributed(rc.train.device, rc.launch.dist_backend)
     try:
-        out = Path(spec.out_dir)
-        if force:
-            def clear() -> None:
-                for f in (out / METRICS_FILE, out / CHECKPOINT_FILE):
-                    f.unlink(missing_ok=True)
-            D.on_main(clear)
-        else:
-            done = _completed(out, spec.train)
-            if done is not None:
-                return done
-        trainer = distributed_trainer(spec.trainer_cls)(spec.train, dist_info=info, launch=spec.launch,
-                                                        progress=progress and spec.launch.progress)
-        result = trainer.fit(out)
-        result.meta = {
-            "launcher": {"world_size": info.world_size, "backend": info.backend, "config_file": spec.source,
-                         "kind": spec.kind, **spec.launch.record()},
-            "published": spec.published,
-            "data": getattr(trainer.data, "meta", {}),
-        }
-        D.on_main(result.save, out)
-        return result
+        options = rc.exec_options(
+            progress=progress and rc.launch.progress and info.is_main, wrap_trainer=distributed_trainer,
+            trainer_extra={"dist_info": info, "launch": rc.launch}, writer=info.is_main,
+            notes={"launcher": {"world_size": info.world_size, "backend": info.backend, "config_file": rc.source,
+                                "kind": rc.kind, **rc.launch.record()}})
+        return runs_run(rc.spec, RunStore(rc.out_dir), options, force=force)
     finally:
         D.cleanup()
 
@@ -696,9 +712,9 @@ def run(spec: RunSpec, force: bool = False, progress: bool = True) -> TrainResul
 # Command line
 
 
-def _describe(spec: RunSpec, info: D.DistInfo) -> str:
+def _describe(spec: RunConfig, info: D.DistInfo) -> str:
     cfg = spec.train
-    lines = [f"kind={spec.kind} out_dir={spec.out_dir} dataset={cfg.dataset} model={cfg.model} loss={cfg.loss} "
+    lines = [f"kind={spec.kind} run {spec.spec.key} in store {spec.out_dir} dataset={cfg.dataset} model={cfg.model} loss={cfg.loss} "
              f"sampler={cfg.sampler} epochs={cfg.epochs} batch={cfg.batch_size} (global; "
              f"{cfg.batch_size // max(1, info.world_size)} per process x {info.world_size}) lr={cfg.lr} "
              f"schedule={cfg.schedule}"]
@@ -707,7 +723,7 @@ def _describe(spec: RunSpec, info: D.DistInfo) -> str:
     return "\n".join(lines)
 
 
-def _dry_run(spec: RunSpec) -> int:
+def _dry_run(spec: RunConfig) -> int:
     info = D.env_info()
     print(_describe(spec, info))
     if spec.train.batch_size % info.world_size:
@@ -747,7 +763,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if D.env_info().is_main:
         r = result
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"{spec.out_dir}: top-1 {fmt(r.top1_last)} (best {fmt(r.best_top1)} at epoch {r.best_epoch}); "
+        print(f"{RunStore(spec.out_dir).folder(spec.spec)}: top-1 {fmt(r.top1_last)} (best {fmt(r.best_top1)} at epoch {r.best_epoch}); "
               f"many {fmt(r.last.many)} / medium {fmt(r.last.medium)} / few {fmt(r.last.few)}")
         if spec.published:
             print("published: " + ", ".join(f"{k} {v}" for k, v in spec.published.items()))

@@ -1,4 +1,4 @@
-"""Tests for ltbench.bbn: adaptors, the BBN network, its training step and trainer (SPEC §5, §7)."""
+"""Tests for ltbench.bbn: adaptors, the BBN network, its training step and trainer (docs/methods.md §5, §7)."""
 from __future__ import annotations
 
 import copy
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ltbench.bbn import (ADAPTORS, BBNConfig, BBNNetwork, BBNTrainer, adaptor_alpha, build_bbn, cumulative_alpha,
-                         load_branches)
+from ltbench.bbn import (ADAPTORS, BBNConfig, BBNNetwork, BBNTrainer, adaptor_alpha, bbn_alpha_divisor, build_bbn,
+                         cumulative_alpha, load_branches)
 from ltbench.config import TrainConfig
-from ltbench.engine import TrainResult, train
+from ltbench.engine import TrainResult
 from ltbench.models import build_model
 from ltbench.samplers import ReversedSampler, build_sampler
 
@@ -104,9 +104,16 @@ def test_trainer_samplers_default_uniform_and_reversed(trainer):
 
 def test_epoch_batches_pair_the_two_samplers(trainer):
     batches = list(trainer.epoch_batches(0))
-    assert len(batches) == math.ceil(sum(trainer.counts) / 32)
+    # BBN's loop drops the last partial batch (DataLoader(drop_last=True) in main/train.py).
+    assert trainer.cfg.drop_last is True
+    assert sum(trainer.counts) % 32 != 0 and len(batches) == sum(trainer.counts) // 32
     for idx_c, idx_r in batches:
-        assert idx_c.shape == idx_r.shape
+        assert idx_c.shape == idx_r.shape == (32,)
+
+
+def test_keep_partial_batch_when_asked():
+    tr = BBNTrainer(small_cfg(drop_last=False), progress=False)
+    assert len(list(tr.epoch_batches(0))) == math.ceil(sum(tr.counts) / 32)
 
 
 @pytest.mark.parametrize("bad", [dict(bbn_sampler="upside_down"), dict(sampler="nope")])
@@ -130,8 +137,11 @@ def test_from_train_config_keeps_fields():
     base = TrainConfig(**{**DATA, "epochs": 3, "warmup_epochs": 1})
     cfg = BBNConfig.from_train_config(base, bbn_adaptor="cosine_decay")
     assert cfg.epochs == 3 and cfg.dataset == "synthetic" and cfg.bbn_adaptor == "cosine_decay"
-    assert cfg.bbn_sampler == "reversed" and cfg.schedule == "step_bbn"  # SPEC §7: BBN's lr variant
+    assert cfg.bbn_sampler == "reversed" and cfg.schedule == "step_bbn"  # docs/methods.md §7: BBN's lr variant
     assert BBNConfig.from_train_config(base, schedule="cosine").schedule == "cosine"
+    # BBN's loop drops the last partial batch, whatever the base run did; an option overrides it.
+    assert base.drop_last is False and cfg.drop_last is True and BBNConfig().drop_last is True
+    assert BBNConfig.from_train_config(base, drop_last=False).drop_last is False
 
 
 # --------------------------------------------------------------------------------- network
@@ -149,6 +159,33 @@ def test_network_structure_resnet32():
     resnet32 = sum(p.numel() for p in build_model("resnet32", 10).parameters())
     block = 2 * (64 * 64 * 9) + 2 * (2 * 64)  # two 3x3 convs and two BatchNorms
     assert sum(p.numel() for p in net.parameters()) == resnet32 + block + 64 * 10  # + 64 more fc inputs
+
+
+def test_classifier_keeps_pytorch_default_init():
+    """BBN's Network builds its classifier outside the Kaiming-initialised backbone: nn.Linear's
+    default, weight and bias uniform in +-1/sqrt(fan_in) (Kaiming normal would give std sqrt(2/128))."""
+    torch.manual_seed(0)
+    fc = build_bbn("resnet32", 10).fc
+    w, b = fc.weight.detach(), fc.bias.detach()
+    bound = 1 / math.sqrt(128)
+    assert w.abs().max() <= bound and b.abs().max() <= bound
+    assert (b != 0).all()  # not zeroed
+    assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)  # uniform's std, not Kaiming's 0.125
+
+
+def test_alpha_divisor_rule():
+    assert [bbn_alpha_divisor(E) for E in (90, 180, 200, 100, 2, 181)] == [100, 200, 200, 100, 2, 181]
+    for bad in (0, 9.0, True):
+        with pytest.raises(ValueError, match="total_epochs must be an int >= 1"):
+            bbn_alpha_divisor(bad)
+
+
+@pytest.mark.parametrize("E,last", [(90, 1 - 0.89 ** 2), (180, 1 - (179 / 200) ** 2), (200, 1 - (199 / 200) ** 2)])
+def test_trainer_alpha_uses_the_divisor(E, last):
+    tr = BBNTrainer(small_cfg(epochs=E), progress=False)
+    assert tr.alpha(0) == 1.0 and tr.alpha(E - 1) == pytest.approx(last, abs=1e-15)
+    if E != 200:
+        assert min(tr.alpha(t) for t in range(E)) > 0.19  # BBN's iNaturalist runs never go below ~0.2
 
 
 def test_inference_is_fc_of_concatenated_branch_features():
@@ -245,9 +282,15 @@ def test_timm_bbn_duplicates_last_block():
 
 
 def test_train_end_to_end_records_options(tmp_path):
+    # here, so that the other tests do not depend on the run entry point
+    from ltbench.methods import bbn_spec
+    from ltbench.runs import RunStore, train
+
     cfg = small_cfg(bbn_adaptor="linear_decay")
-    out = tmp_path / "bbn"
-    res = train(cfg, out, trainer_cls=BBNTrainer, progress=False)
+    store = RunStore(tmp_path / "store")
+    res = train(cfg, store, progress=False)  # a BBNConfig is run as method 'bbn'
+    assert res.meta["key"] == bbn_spec(cfg).key and res.meta["spec"]["method"] == "bbn"
+    out = store.folder(res.meta["key"])
     assert [h["alpha"] for h in res.history] == [1.0, 0.5]
     loaded = TrainResult.load(out)
     assert loaded.config["bbn_adaptor"] == "linear_decay" and loaded.config["bbn_sampler"] == "reversed"
@@ -257,7 +300,7 @@ def test_train_end_to_end_records_options(tmp_path):
     assert branches["combined"].top1 == pytest.approx(res.last.top1)
     assert len(branches["rebalancing"].per_class) == 10
     # A finished run is loaded, not retrained; a restored trainer predicts like the saved one.
-    again = train(cfg, out, trainer_cls=BBNTrainer, progress=False)
+    again = train(cfg, store, progress=False)
     assert again.train_seconds == loaded.train_seconds
     restored = BBNTrainer.from_checkpoint(out)
     assert restored.evaluate().top1 == pytest.approx(res.last.top1)

@@ -1,7 +1,10 @@
-"""SPEC §1: counts, the standard subset, sources, cache and the device loader."""
+"""docs/methods.md §1: counts, the standard subset, sources, cache and the device loader."""
 from __future__ import annotations
 
+import math
+import re
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 from conftest import real_cifar10_root
 from ltbench.data import (DataNotFoundError, DeviceDataset, build_long_tailed, load_split, long_tailed_counts,
                           long_tailed_indices)
+from ltbench.data.counts import zero_count_message
 
 
 def test_spec_check_values():
@@ -136,3 +140,91 @@ def test_real_cifar10_lt_subset_and_fast_reload():
     t = time.perf_counter()
     load_split("cifar10", True, root); load_split("cifar10", False, root)
     assert time.perf_counter() - t < 3.0  # ~0.5 s on a quiet 2-core machine; decoding takes ~17 s
+
+
+# ----------------------------------------------------------------------------- issue 18: culprits named
+
+
+# The tests write their images with torchvision's encoders, which warn about their deprecation.
+_ENCODER_WARNING = "ignore:The image decoding and encoding:DeprecationWarning"
+
+
+def _png_tree(root, bad_name=None, bad_bytes=None):
+    """``root/train/<a_cls,b_cls>/*.png`` (3 each); optionally one bad file in ``b_cls``."""
+    from torchvision.io import write_png
+
+    for name in ("a_cls", "b_cls"):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for k in range(3):
+            write_png(torch.full((3, 8, 8), k, dtype=torch.uint8), str(folder / f"{k:04d}.png"))
+    if bad_name is None:
+        return None
+    bad = root / "train" / "b_cls" / bad_name
+    bad.write_bytes(bad_bytes)
+    return bad
+
+
+@pytest.mark.filterwarnings(_ENCODER_WARNING)
+@pytest.mark.parametrize("kind", ["empty", "truncated", "not_an_image"])
+def test_corrupt_image_in_tree_names_the_file(tmp_path, kind):
+    """Before: the decoder's own RuntimeError without the path. After: ImageDecodeError (a
+    ValueError) naming the file."""
+    from torchvision.io import encode_png
+
+    from ltbench.data import ImageDecodeError
+
+    good = bytes(encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8)).numpy())
+    payload = {"empty": b"", "truncated": good[: len(good) // 2], "not_an_image": b"plain text, not a PNG"}[kind]
+    bad = _png_tree(tmp_path, "0001_bad.png", payload)
+    with pytest.raises(ValueError, match=re.escape(str(bad))) as info:
+        load_split("imagefolder", True, root=str(tmp_path), image_size=None)
+    assert isinstance(info.value, ImageDecodeError) and info.value.path == str(bad)
+    assert ("empty" in str(info.value)) == (kind == "empty")
+
+
+@pytest.mark.filterwarnings(_ENCODER_WARNING)
+def test_decoding_does_not_change_the_process_warning_filters(tmp_path):
+    """Before: read_image_folder added a process-wide filter that silenced torchvision's
+    deprecation warning for everybody. After: scoped to the decode call."""
+    _png_tree(tmp_path)
+    before = list(warnings.filters)
+    load_split("imagefolder", True, root=str(tmp_path), image_size=None)
+    assert warnings.filters == before
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        warnings.warn("The image decoding and encoding capabilities of TorchVision are deprecated", DeprecationWarning)
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("n_max,ir,first", [(100, 1000, 7), (100, float("inf"), 1), (49, 49, 9)])
+def test_zero_class_count_is_reported_in_ir_and_n_max(n_max, ir, first):
+    """Before: IR 1000 with n_max 100 built a subset with empty classes and failed later as
+    ``class_counts[7]=0``. After: an error in terms of IR and n_max, with values that work."""
+    with pytest.raises(ValueError, match=rf"with n_max {n_max} leaves class {first} with 0 images") as info:
+        long_tailed_counts(n_max, 10, ir)
+    msg = str(info.value)
+    if math.isfinite(ir):
+        n_ok = int(re.search(r"n_max >= (\d+)", msg).group(1))
+        ir_ok = float(re.search(r"IR <= ([0-9.]+)", msg).group(1))
+        assert min(long_tailed_counts(n_ok, 10, ir)) >= 1  # the suggested n_max works ...
+        assert zero_count_message(n_ok - 1, 10, ir) is not None  # ... and is the smallest that does
+        assert min(long_tailed_counts(n_max, 10, ir_ok)) >= 1  # the suggested IR works
+    else:
+        assert "must be finite" in msg
+    assert long_tailed_counts(100, 10, 100)[-1] == 1  # the boundary itself is fine
+
+
+def test_zero_class_count_fails_before_reading_any_image(monkeypatch):
+    import ltbench.data as data
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data was read before the IR / n_max check")
+
+    monkeypatch.setattr(data, "load_split", no_reading)
+    with pytest.raises(ValueError, match=r"IR 1000 with n_max 100 leaves class 7 with 0 images .*use n_max >= 1000 or IR <= 100"):
+        data.build_long_tailed("cifar10", 1000, n_max=100)
+    with pytest.raises(ValueError, match=r"IR inf with n_max 500 leaves class 1 with 0 images"):
+        data.build_long_tailed("cifar100", float("inf"))
+    with pytest.raises(ValueError, match=r"IR 50 with n_max 40 leaves class 3 with 0 images"):
+        data.build_long_tailed("synthetic", 50, n_max=40, num_classes=4, n_train_per_class=40)

@@ -6,10 +6,10 @@ batch 8, once with ``torchrun --nproc-per-node=2`` and 4 images per process, and
 final metrics, the curves, the weights and the loss's statistics.
 
 Why they can be equal: the class-balanced sampler's global draw is the same on every rank and the
-shards ``global[r::2]`` of a batch are exactly the single-process batch (SPEC §5); each image's
+shards ``global[r::2]`` of a batch are exactly the single-process batch (docs/methods.md §5); each image's
 augmentation is seeded by its position in that global draw, not by the rank that loads it; DDP
 averages the two ranks' mean-loss gradients, which is the gradient of the mean over the 8 images;
-the stateful loss (Sigmoid-EQL) all-reduces its statistics, whose SPEC §4 sums carry no 1/N.
+the stateful loss (Sigmoid-EQL) all-reduces its statistics, whose docs/methods.md §4 sums carry no 1/N.
 
 BatchNorm: with BN each rank would normalise its 4 images with their own statistics while one
 process normalises all 8 together, so the two runs would legitimately differ. SyncBatchNorm would
@@ -32,7 +32,7 @@ import torch
 from conftest import ROOT
 from ltbench import distributed as D
 from ltbench.config import TrainConfig
-from ltbench.engine import EvalResult
+from ltbench.engine import EvalResult, TrainResult
 from ltbench.losses import build_loss
 from ltbench.samplers import EpochSampler, build_sampler
 from ltbench.engine import Trainer
@@ -90,7 +90,7 @@ def _write_dataset(root: Path) -> None:
 def _config(tmp: Path) -> Path:
     cfg = {
         "kind": "train",
-        "out_dir": str(tmp / "unused"),
+        "out_dir": str(tmp / "unused"),  # the run store; each test run sets its own with --set
         "train": {
             "dataset": "lt_splits", "data_root": str(tmp / "data"), "model": "timm/test_nfnet",
             "loss": "sigmoid_eql", "sampler": "class_balanced", "sampler_params": {"k": 2},
@@ -130,23 +130,37 @@ def runs(tmp_path_factory):
     return tmp
 
 
+def _run_dir(runs: Path, store: str) -> Path:
+    """The one run folder of the store ``runs/<store>`` (the config's spec decides its key)."""
+    from ltbench.train import load_run_config
+
+    key = load_run_config(runs / "run.json").spec.key
+    folders = [p for p in (runs / store / "runs").iterdir() if p.is_dir()]
+    assert [p.name for p in folders] == [key]
+    return folders[0]
+
+
 def test_two_process_run_equals_one_process_run(runs):
-    a = json.loads((runs / "single" / "metrics.json").read_text())
-    b = json.loads((runs / "ddp" / "metrics.json").read_text())
-    assert a["launcher"]["world_size"] == 1 and b["launcher"]["world_size"] == 2 and b["launcher"]["backend"] == "gloo"
+    a = json.loads((_run_dir(runs, "single") / "metrics.json").read_text())
+    b = json.loads((_run_dir(runs, "ddp") / "metrics.json").read_text())
+    la, lb = a["execution"]["launcher"], b["execution"]["launcher"]
+    assert la["world_size"] == 1 and lb["world_size"] == 2 and lb["backend"] == "gloo"
+    assert a["execution"]["distributed"] and b["execution"]["distributed"]
+    # One run, whatever the number of processes: the same spec, key and config.
+    assert a["key"] == b["key"] and a["spec"] == b["spec"] and a["spec"]["method"] == "joint"
     assert a["config"] == b["config"]
     assert b["top1_last"] == pytest.approx(a["top1_last"], abs=1e-9)
     assert b["per_class"] == pytest.approx(a["per_class"], abs=1e-9)
     assert b["confusion"] == a["confusion"] and sum(map(sum, a["confusion"])) == sum(TEST_COUNTS)
     for key in ("ece", "top1_best", "few", "medium"):
         assert b[key] == pytest.approx(a[key], abs=1e-4), key
-    ha = (runs / "single" / "curves.csv").read_text().splitlines()
-    hb = (runs / "ddp" / "curves.csv").read_text().splitlines()
+    ha = (_run_dir(runs, "single") / "curves.csv").read_text().splitlines()
+    hb = (_run_dir(runs, "ddp") / "curves.csv").read_text().splitlines()
     assert len(ha) == len(hb) == 3
     for la, lb in zip(ha[1:], hb[1:]):
         assert [float(v) for v in la.split(",")] == pytest.approx([float(v) for v in lb.split(",")], rel=1e-5)
-    ca = torch.load(runs / "single" / "checkpoint.pt", weights_only=False)
-    cb = torch.load(runs / "ddp" / "checkpoint.pt", weights_only=False)
+    ca = torch.load(_run_dir(runs, "single") / "checkpoint.pt", weights_only=True)
+    cb = torch.load(_run_dir(runs, "ddp") / "checkpoint.pt", weights_only=True)
     assert cb["launch"]["world_size"] == 2
     for k, v in ca["model"].items():
         torch.testing.assert_close(cb["model"][k], v, rtol=1e-5, atol=1e-5, msg=k)
@@ -156,19 +170,22 @@ def test_two_process_run_equals_one_process_run(runs):
 
 
 def test_only_rank_zero_wrote_and_a_finished_run_is_not_retrained(runs):
-    files = sorted(p.name for p in (runs / "ddp").iterdir())
-    assert files == ["checkpoint.pt", "curves.csv", "extras.json", "metrics.json", "per_class.csv"]
-    before = (runs / "ddp" / "metrics.json").stat().st_mtime_ns
+    run_dir = _run_dir(runs, "ddp")
+    assert sorted(p.name for p in (runs / "ddp").iterdir()) == ["runs"]
+    files = sorted(p.name for p in run_dir.iterdir())
+    assert files == ["checkpoint.pt", "curves.csv", "extras.json", "metrics.json", "per_class.csv", "spec.json"]
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
     again = subprocess.run([sys.executable, "-m", "ltbench.train", "--config", str(runs / "run.json"), "--no-progress",
                             "--set", f"out_dir={runs / 'ddp'}"], env=_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert (runs / "ddp" / "metrics.json").stat().st_mtime_ns == before
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+    assert str(run_dir) in again.stdout  # it reports the run's folder in the store
 
 
 @pytest.mark.parametrize("name", STATEFUL)
 def test_stateful_loss_statistics_identical_across_ranks(runs, name):
     """After each step every rank holds the same state, equal to the shared start plus the sum of
-    what each rank's own batch contributes (SPEC §4: per-step sums all-reduced before being added)."""
+    what each rank's own batch contributes (docs/methods.md §4: per-step sums all-reduced before being added)."""
     ranks = [torch.load(runs / f"losses_rank{r}.pt", weights_only=False)[name] for r in range(2)]
     for step in range(2):
         s0, s1 = ranks[0][step], ranks[1][step]
@@ -266,16 +283,17 @@ def test_sync_batchnorm_on_cpu_is_refused_before_training():
 
 def test_single_process_in_memory_run_is_the_engine_run(tmp_path):
     """Without torchrun, the entry point's trainer on CIFAR-style in-memory data is the engine's."""
-    from ltbench.engine import train
+    from ltbench.runs import RunStore, train
 
     cfg = TrainConfig(**SYN)
     ref = train(cfg, tmp_path / "engine", progress=False)
     t = distributed_trainer(Trainer)(cfg, progress=False)
     assert isinstance(t, DistributedMixin) and t.world_size == 1
     got = t.fit(tmp_path / "mixin")
-    assert got.last.per_class == ref.last.per_class and got.history == ref.history
-    a = torch.load(tmp_path / "engine" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "mixin" / "checkpoint.pt", weights_only=False)["model"]
+    got.save(tmp_path / "mixin")  # stored as run() stores it (curves to 6 digits), to compare like with like
+    assert got.last.per_class == ref.last.per_class and TrainResult.load(tmp_path / "mixin").history == ref.history
+    a = torch.load(RunStore(tmp_path / "engine").folder(ref.meta["key"]) / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "mixin" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -293,27 +311,32 @@ def test_env_info_and_bad_environment(monkeypatch):
 
 
 def test_shipped_configs_are_valid():
-    """configs/*.toml: joint and BBN configs validate fully; stage-2 configs name a shipped stage-1
-    run, a known method and valid TrainConfig fields; every config carries its published number."""
+    """configs/*.toml: every config loads and validates fully (a stage-2 config with the stage-1
+    run its top-level ``stage1`` names, in the same run store); every config carries its
+    published number."""
+    from ltbench.methods import STAGE2_METHOD_NAMES
     from ltbench.train import load_run_config, read_config_file
-    from ltbench.two_stage import STAGE2_METHODS
 
     files = sorted((ROOT / "configs").glob("*.toml"))
     assert len(files) >= 10
     raw = {f.name: read_config_file(f) for f in files}
-    stage1_dirs = {d["out_dir"] for d in raw.values() if d.get("kind", "train") != "stage2"}
+    loaded = {name: load_run_config(ROOT / "configs" / name) for name in raw}
     for name, d in raw.items():
+        rc = loaded[name]
         assert isinstance(d["published"]["top1"], float) and d["published"]["source"], name
+        assert rc.published == d["published"] and rc.out_dir == d["out_dir"], name
+        assert rc.train.dataset in ("imagenet_lt", "inat2018", "places_lt"), name
         if d.get("kind", "train") == "stage2":
-            t = dict(d["train"])
-            assert t.pop("stage1_dir") in stage1_dirs, name
-            assert t.pop("method") in STAGE2_METHODS, name
-            t.pop("tau", None)
-            TrainConfig().replace(**t).validate()
+            assert "stage1_dir" not in d["train"], name
+            assert d["stage1"] in raw and raw[d["stage1"]].get("kind", "train") != "stage2", name
+            s1 = loaded[d["stage1"]]
+            assert rc.spec.method in STAGE2_METHOD_NAMES and rc.spec.dependencies == {"stage1": s1.spec}, name
+            assert s1.out_dir == rc.out_dir, name  # one run store for both stages
+            assert (rc.train.dataset, rc.train.model) == (s1.train.dataset, s1.train.model), name
         else:
-            spec = load_run_config(ROOT / "configs" / name)
-            assert spec.train.batch_size % 8 == 0, name  # divisible by 1, 2, 4 and 8 processes
-            assert spec.train.dataset in ("imagenet_lt", "inat2018", "places_lt"), name
+            assert "stage1" not in d, name
+            assert rc.spec.method == {"train": "joint", "bbn": "bbn"}[d.get("kind", "train")], name
+            assert rc.train.batch_size % 8 == 0, name  # divisible by 1, 2, 4 and 8 processes
     joint = load_run_config(ROOT / "configs" / "imagenet_lt_resnext50_joint.toml")
     assert (joint.train.model, joint.train.epochs, joint.train.batch_size, joint.train.lr, joint.train.schedule) == \
         ("timm/resnext50_32x4d", 90, 512, 0.2, "cosine")
@@ -332,7 +355,10 @@ def test_config_file_errors(tmp_path):
         ({**base, "launch": {"num_workers": -1}}, r"launch.num_workers=-1"),
         ({**base, "train": {**SYN, "lr": -1}}, r"invalid lr=-1"),
         ({"train": dict(SYN)}, r"invalid out_dir=None"),
-        ({**base, "kind": "stage2", "train": {"epochs": 1}}, r"needs \['stage1_dir', 'method'\]"),
+        ({**base, "kind": "stage2", "train": {"epochs": 1}}, r"kind = 'stage2' needs a top-level stage1 = "),
+        ({**base, "kind": "stage2", "train": {"method": "crt", "stage1_dir": "x"}},
+         r"\[train\]\.stage1_dir is gone: name the stage-1 run's config file"),
+        ({**base, "stage1": "other.toml"}, r"stage1 is only for kind = 'stage2'"),
         ({**base, "train": {**SYN, "dataset": "imagenet_lt", "data_options": {"split": "x"}}},
          r"unknown data_options \['split'\] for dataset='imagenet_lt'"),
     ]
@@ -345,6 +371,12 @@ def test_config_file_errors(tmp_path):
     f.write_text(json.dumps(base))
     spec = load_run_config(f, ["train.epochs=3", "launch.num_workers=0", f"out_dir={tmp_path / 'x'}"])
     assert spec.train.epochs == 3 and spec.launch.num_workers == 0 and spec.out_dir == str(tmp_path / "x")
+    # The config names a run spec; [train]'s execution fields are options, not part of its identity.
+    from ltbench.methods import joint_spec
+
+    assert spec.spec == joint_spec(TrainConfig(**SYN).replace(epochs=3))
+    assert load_run_config(f, ["train.device=auto", "train.checkpoint_every=3"]).spec == load_run_config(f).spec
+    assert load_run_config(f, ["train.lr=0.5"]).spec != load_run_config(f).spec
     with pytest.raises(ValueError, match="unknown section 'trian'"):
         load_run_config(f, ["trian.epochs=3"])
     with pytest.raises(FileNotFoundError, match="config file not found"):

@@ -1,4 +1,4 @@
-"""Tests for ltbench.fsa: feature space augmentation (Chu et al., ECCV 2020; SPEC §8)."""
+"""Tests for ltbench.fsa: feature space augmentation (Chu et al., ECCV 2020; docs/methods.md §8)."""
 from __future__ import annotations
 
 import math
@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from ltbench.config import TrainConfig
 from ltbench.data import long_tailed_counts
 from ltbench import engine
-from ltbench.engine import TrainResult, load_data, train
+from ltbench.engine import TrainResult, load_data
 from ltbench.fsa import (
     AugmentedBatch, FeatureAugmenter, FSATrainer, class_activation_maps, check_thresholds, confusing_classes,
     confusion_scores, decompose, load_phase1, mix_features, normalize_maps, phase2_config, split_head_tail,
-    train_fsa,
 )
+from ltbench.methods import fsa_spec, joint_spec
 from ltbench.models import resnet32
+from ltbench.runs import ExecOptions, RunStore, run
 
 SYNTH = {"n_train_per_class": 60, "n_test_per_class": 20, "image_size": 16}
 
@@ -118,7 +119,7 @@ def test_head_tail_rule_on_hand_made_counts():
     assert split_head_tail([50, 30, 9, 5, 5]) == ([0, 1, 2, 3], [4])
     # Classes are sorted by size, whatever their index.
     assert split_head_tail([5, 50, 10, 30, 5]) == ([1, 3, 2], [0, 4])
-    # CIFAR-10-LT IR100 (SPEC §1 counts): 5000+2997+1796+1077+645 = 11515 >= 0.9 * 12406.
+    # CIFAR-10-LT IR100 (docs/methods.md §1 counts): 5000+2997+1796+1077+645 = 11515 >= 0.9 * 12406.
     assert split_head_tail(long_tailed_counts(5000, 10, 100)) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
     assert split_head_tail([10, 10]) == ([0, 1], [])
     with pytest.raises(ValueError):
@@ -196,11 +197,22 @@ def test_augmenter_keeps_the_tail_label_and_draws_confusing_partners():
 # --------------------------------------------------------------------------- phase II through the engine
 
 
+CPU = ExecOptions(device="cpu", progress=False)
+
+
 @pytest.fixture(scope="module")
-def phase1_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsa") / "phase1"
-    train(synthetic_cfg(), out, progress=False)
-    return out
+def phase1(tmp_path_factory):
+    """A run store with a finished phase-I CE run, and that run's spec."""
+    store = RunStore(tmp_path_factory.mktemp("fsa"))
+    spec = joint_spec(synthetic_cfg())
+    run(spec, store, CPU)
+    return store, spec
+
+
+@pytest.fixture(scope="module")
+def phase1_dir(phase1):
+    store, spec = phase1
+    return store.folder(spec)
 
 
 def test_phase2_leaves_the_backbone_bit_identical(phase1_dir, tmp_path):
@@ -221,13 +233,26 @@ def test_phase2_leaves_the_backbone_bit_identical(phase1_dir, tmp_path):
     assert result.extras["fsa"]["tail"] == trainer.tail_classes and len(result.extras["fsa"]["confusing"]) == 10
 
 
-def test_train_fsa_caches_on_its_settings(phase1_dir, tmp_path):
-    out = tmp_path / "fsa"
-    r1 = train_fsa(phase1_dir, out, iterations=2, batch_size=16, evaluations=1, progress=False)
-    r2 = train_fsa(phase1_dir, out, iterations=2, batch_size=16, evaluations=1, progress=False)
+def test_fsa_runs_are_keyed_by_their_settings(phase1, tmp_path):
+    store = RunStore(shutil.copytree(phase1[0].root, tmp_path / "store"))
+    spec = fsa_spec(phase1[1], iterations=2, batch_size=16, evaluations=1)
+    assert spec.dependencies == {"phase1": phase1[1]}
+    r1 = run(spec, store, CPU)
+    folder = store.folder(spec)
+    before = _snapshot(folder)
+    r2 = run(fsa_spec(phase1[1], iterations=2, batch_size=16, evaluations=1), store, CPU)
     assert r2.last.top1 == r1.last.top1 and r2.train_seconds == r1.train_seconds  # reused
-    r3 = train_fsa(phase1_dir, out, iterations=2, batch_size=16, evaluations=1, tau_s=0.7, progress=False)
-    assert r3.train_seconds != r1.train_seconds  # other thresholds: retrained
+    assert _snapshot(folder) == before
+    # The FSA settings are the run's parameters: stored with the spec and in the result's extras.
+    assert r2.meta["spec"]["params"] == {"tau_s": 0.8, "tau_g": 0.2, "n_f": 3, "n_a": 3, "head_fraction": 0.9}
+    assert r2.extras["fsa"]["tau_s"] == 0.8
+    other = fsa_spec(phase1[1], iterations=2, batch_size=16, evaluations=1, tau_s=0.7)
+    assert other.key != spec.key and other.config == spec.config  # other thresholds: another run
+    assert store.status(other) == "pending"
+    r3 = run(other, store, CPU)
+    assert r3.train_seconds != r1.train_seconds and r3.extras["fsa"]["tau_s"] == 0.7  # trained
+    assert store.folder(other) != folder and _snapshot(folder) == before  # the first run is untouched
+    assert store.status(spec) == "done" and store.status(other) == "done"
 
 
 def test_mismatched_phase1_checkpoint_is_rejected_before_training(phase1_dir, tmp_path):
@@ -277,14 +302,16 @@ def test_phase1_trained_on_another_data_seed_or_profile_is_rejected(phase1_dir, 
     assert trainer.counts == list(load_phase1(phase1_dir)["counts"])
 
 
-FSA_ARGS = dict(iterations=2, batch_size=16, evaluations=1, progress=False)
+FSA_ARGS = dict(iterations=2, batch_size=16, evaluations=1)
 
 
 @pytest.fixture(scope="module")
-def finished_fsa(phase1_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsa_done") / "phase2"
-    train_fsa(phase1_dir, out, **FSA_ARGS)
-    return phase1_dir, out
+def finished_fsa(phase1, tmp_path_factory):
+    """A store holding a finished phase-I run and a finished FSA run on it; the FSA run's spec."""
+    store = RunStore(shutil.copytree(phase1[0].root, tmp_path_factory.mktemp("fsa_done") / "store"))
+    spec = fsa_spec(phase1[1], **FSA_ARGS)
+    run(spec, store, CPU)
+    return store, phase1[1], spec
 
 
 def _snapshot(folder):
@@ -293,7 +320,6 @@ def _snapshot(folder):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(n_f=0), r"n_f must be a positive int \(>= 1\), got n_f=0"),
-    (dict(n_f=10), r"n_f must be a positive int <= num_classes - 1 = 9 .*got n_f=10"),
     (dict(n_a=0), r"n_a must be a positive int \(>= 1\), got n_a=0"),
     (dict(n_a=2.0), r"n_a must be a positive int \(>= 1\), got n_a=2.0"),
     (dict(head_fraction=0.0), r"head_fraction must be in \(0, 1\], got head_fraction=0.0"),
@@ -302,21 +328,36 @@ def _snapshot(folder):
     (dict(tau_s=0.1, tau_g=0.3), r"0 < tau_g <= tau_s < 1.*tau_s=0.1, tau_g=0.3"),
     (dict(iterations=0), r"iterations must be a positive int \(>= 1\), got iterations=0"),
     (dict(evaluations=0), r"evaluations must be a positive int \(>= 1\), got evaluations=0"),
-    (dict(lr=-1.0), r"invalid lr=-1.0: must be a positive number"),
+    (dict(lr=-1.0), r"invalid lr=-1.0: must be a (positive|finite) number"),
     (dict(batch_size=0), r"invalid batch_size=0: must be a positive int"),
     (dict(data_seed=1), r"data_seed: Phase I 0 vs Phase II 1"),
     (dict(loss="focal"), r"loss must be 'ce'.*got loss='focal'"),
-    (dict(meta=[1]), r"meta must be a mapping \(or None\), got meta=\[1\]"),
+    (dict(nonsense=1), r"unknown TrainConfig field\(s\) \['nonsense'\]"),
 ])
-def test_bad_train_fsa_argument_leaves_a_finished_result_untouched(finished_fsa, bad, match, tmp_path):
-    phase1, done = finished_fsa
-    out = shutil.copytree(done, tmp_path / "phase2")  # one case destroying it must not fail the others
-    assert train_fsa(phase1, out, **FSA_ARGS).train_seconds == TrainResult.load(done).train_seconds  # reusable
-    before = _snapshot(out)
-    assert {"metrics.json", "checkpoint.pt", "fsa.json"} <= set(before)
+def test_bad_fsa_argument_fails_before_anything_is_written(finished_fsa, bad, match, tmp_path):
+    done, phase1_spec, spec = finished_fsa
+    store = RunStore(shutil.copytree(done.root, tmp_path / "store"))  # one case destroying it must not fail the others
+    assert run(fsa_spec(phase1_spec, **FSA_ARGS), store, CPU).train_seconds == \
+        TrainResult.load(done.folder(spec)).train_seconds  # reusable
+    before = _snapshot(store.root)
+    assert {"metrics.json", "checkpoint.pt", "spec.json", "extras.json"} <= set(_snapshot(store.folder(spec)))
     with pytest.raises(ValueError, match=match):
-        train_fsa(phase1, out, **dict(FSA_ARGS, **bad))
-    assert _snapshot(out) == before
+        run(fsa_spec(phase1_spec, **dict(FSA_ARGS, **bad)), store, CPU)
+    assert _snapshot(store.root) == before
+
+
+def test_n_f_beyond_the_phase1_classes_fails_before_training(finished_fsa, tmp_path):
+    """n_f is checked against the phase-I network's classes, known once its checkpoint is read:
+    the FSA trainer refuses it before any data is loaded; the finished runs are untouched."""
+    done, phase1_spec, spec = finished_fsa
+    store = RunStore(shutil.copytree(done.root, tmp_path / "store"))
+    before = {f: _snapshot(store.folder(s)) for f, s in (("phase1", phase1_spec), ("fsa", spec))}
+    bad = fsa_spec(phase1_spec, **FSA_ARGS, n_f=10)
+    with pytest.raises(ValueError, match=r"n_f must be a positive int <= num_classes - 1 = 9 .*got n_f=10"):
+        run(bad, store, CPU)
+    assert {f: _snapshot(store.folder(s)) for f, s in (("phase1", phase1_spec), ("fsa", spec))} == before
+    assert store.status(bad) == "pending"
+    assert not {"metrics.json", "checkpoint.pt"} & set(_snapshot(store.folder(bad)) if store.folder(bad).exists() else {})
 
 
 def test_training_step_puts_the_mixed_tail_features_into_the_loss(phase1_dir):

@@ -3,7 +3,7 @@
 ImageNet-LT / Places-LT split files (``relative/path label``), iNaturalist's official JSON
 annotations, image folders; the checks before training (missing split files, bad lines, labels out
 of range, missing images, classes without training images); decoding and the ImageNet-style
-transforms; the many/medium/few groups of SPEC §3 from the training counts.
+transforms; the many/medium/few groups of docs/methods.md §3 from the training counts.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for ltbench.metrics (SPEC §3)."""
+"""Tests for ltbench.metrics (docs/methods.md §3)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Tests for ltbench.ohem: online hard example mining (Shrivastava et al., CVPR 2016; SPEC §9)."""
+"""Tests for ltbench.ohem: online hard example mining (Shrivastava et al., CVPR 2016; docs/methods.md §9)."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +10,12 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ltbench.config import TrainConfig
-from ltbench.engine import train
+from ltbench.methods import ohem_spec
 from ltbench.ohem import (
     OHEMTrainer, check_keep_ratio, frozen_bn_stats, mined_frame, num_kept, ohem_masked, ohem_two_pass, roi_losses,
     select_hard_rois,
 )
+from ltbench.runs import RunStore, train
 
 SYNTH = {"n_train_per_class": 60, "n_test_per_class": 20, "image_size": 16}
 
@@ -50,11 +51,17 @@ def test_bad_keep_ratio_raises(bad):
         check_keep_ratio(bad)
     with pytest.raises(ValueError, match="keep_ratio"):
         OHEMTrainer(synthetic_cfg(), keep_ratio=bad, progress=False)
+    with pytest.raises(ValueError, match="keep_ratio"):
+        ohem_spec(synthetic_cfg(), keep_ratio=bad)  # the run spec is refused at the boundary too
 
 
 def test_bad_mode_and_loss_raise():
     with pytest.raises(ValueError, match="mode"):
         OHEMTrainer(synthetic_cfg(), keep_ratio=0.5, mode="single", progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        ohem_spec(synthetic_cfg(), keep_ratio=0.5, mode="single")
+    with pytest.raises(ValueError, match="loss"):
+        ohem_spec(synthetic_cfg(loss="focal"), keep_ratio=0.5)
     with pytest.raises(ValueError, match="loss"):
         OHEMTrainer(synthetic_cfg(loss="focal"), keep_ratio=0.5, progress=False)
 
@@ -163,7 +170,9 @@ def test_roi_losses_add_box_regression_for_foreground_only():
 @pytest.mark.parametrize("mode", ["two_pass", "masked"])
 def test_trainer_records_mined_classes_per_epoch(mode, tmp_path):
     cfg = synthetic_cfg()
-    result = train(cfg, tmp_path / mode, progress=False, trainer_cls=OHEMTrainer, keep_ratio=0.25, mode=mode)
+    result = train(cfg, tmp_path / mode, method="ohem", keep_ratio=0.25, mode=mode, progress=False)
+    assert result.meta["key"] == ohem_spec(cfg, keep_ratio=0.25, mode=mode).key
+    folder = RunStore(tmp_path / mode).folder(result.meta["key"])
     mined = mined_frame(result)
     n = sum(result.counts)
     batches = [min(32, n - s) for s in range(0, n, 32)]
@@ -174,9 +183,9 @@ def test_trainer_records_mined_classes_per_epoch(mode, tmp_path):
         assert bool((e.kept <= e.seen).all())
     assert [h["kept_fraction"] for h in result.history] == [mined[mined.epoch == 1].kept.sum() / n] * 2
     # A finished run is reloaded with its record (extras.json).
-    again = train(cfg, tmp_path / mode, progress=False, trainer_cls=OHEMTrainer, keep_ratio=0.25, mode=mode)
+    again = train(cfg, tmp_path / mode, method="ohem", keep_ratio=0.25, mode=mode, progress=False)
     assert again.train_seconds == result.train_seconds
-    assert mined_frame(again).equals(mined) and mined_frame(tmp_path / mode).equals(mined)
+    assert mined_frame(again).equals(mined) and mined_frame(folder).equals(mined)
 
 
 def test_resume_with_another_ohem_setting_is_refused(tmp_path):

@@ -2,7 +2,10 @@
 metrics.json files."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,16 +20,30 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def metrics(root: Path, profile: str, nb: str, method: str, dataset: str, ir: float, seed: int,
             last: float, best: float, published_method: str | None = "CE (softmax)",
-            paper: str = "Class-Balanced Loss", table: str = "Table 2", **extra) -> None:
-    m = {"schema": 1, "notebook": nb, "paper": paper, "table": table, "method": method,
-         "published_method": published_method, "dataset": dataset, "imbalance_ratio": ir,
-         "seed": seed, "profile": profile, "top1_last": last, "top1_best": best,
+            paper: str = "Class-Balanced Loss", table: str = "Table 2", **extra) -> str:
+    """A fabricated finished run in the profile's store (``<profile>/runs/<key>/metrics.json``,
+    no labels in it) and its row in the notebook's manifest (``<profile>/<nb>/runs.json``)."""
+    key = hashlib.sha256(repr((nb, method, dataset, ir, seed)).encode()).hexdigest()[:20]
+    m = {"schema": 1, "key": key, "spec": {"key": key, "method": "joint", "config": {}, "params": {}, "deps": {}},
+         "execution": {"device": "cpu"}, "dataset": dataset, "imbalance_ratio": ir,
+         "seed": seed, "top1_last": last, "top1_best": best,
          "best_epoch": 3, "epochs": 4, "many": 70.0 + seed, "medium": 50.0, "few": None,
          "ece": 10.0, "train_seconds": 1.0, "device": "cpu", "torch": "x",
-         "created": "2026-01-01T00:00:00", "config": {}, "notebook_params": {}}
+         "created": "2026-01-01T00:00:00", "config": {}, "counts": [], "classes": [], "per_class": [],
+         "confusion": []}
     m.update(extra)
-    atomic_write_json(root / profile / nb / "runs" / f"{dataset}_ir{ir:g}_{method}_s{seed}"
-                      / "metrics.json", m)
+    atomic_write_json(root / profile / "runs" / key / "metrics.json", m)
+    add_to_manifest(root / profile / nb, {
+        "label": method, "key": key, "method": "joint", "tier": 2, "notebook": nb, "paper": paper,
+        "table": table, "published_method": published_method, "tags": {}, "run_dir": f"../runs/{key}"})
+    return key
+
+
+def add_to_manifest(nb_dir: Path, row: dict) -> None:
+    path = nb_dir / "runs.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"schema": 1, "runs": []}
+    manifest["runs"].append(row)
+    atomic_write_json(path, manifest)
 
 
 @pytest.fixture
@@ -44,10 +61,13 @@ def tree(tmp_path: Path) -> Path:
     metrics(root, "quick", "04_bbn_and_two_stage", "ce_rw", "cifar100", 50.0, 0, 40.0, 41.0,
             published_method="BBN Table 5 RW", paper="BBN", table="Table 5")
     metrics(root, "smoke", nb, "ce", "cifar10", 10.0, 0, 20.0, 25.0)
-    # Noise the collector must skip: a temp file of an atomic write and a checkpoint folder.
-    (root / "quick" / nb / "runs" / ".metrics.json.abc.tmp").write_text("{")
+    # Noise the collector must skip: a temp file of an atomic write, a checkpoint folder, and a
+    # run of the store that no notebook lists.
+    (root / "quick" / nb / ".runs.json.abc.tmp").write_text("{")
     (root / "quick" / ".ipynb_checkpoints").mkdir()
-    (root / "quick" / ".ipynb_checkpoints" / "metrics.json").write_text("{}")
+    (root / "quick" / ".ipynb_checkpoints" / "runs.json").write_text("{}")
+    atomic_write_json(root / "quick" / "runs" / "0123456789abcdef0123" / "metrics.json",
+                      {"key": "0123456789abcdef0123", "top1_last": 1.0, "seed": 0})
     return root
 
 
@@ -82,7 +102,11 @@ def test_collect_and_summarize(tree: Path) -> None:
     df, problems = collect(tree)
     assert len(df) == 9 and not problems
     assert set(df["profile"]) == {"quick", "smoke"}
-    assert df["path"].str.endswith("metrics.json").all()
+    # Each row points at its run's folder in the profile's store, relative to the results folder.
+    assert all(p == f"{prof}/runs/{k}" for p, prof, k in zip(df["path"], df["profile"], df["key"]))
+    assert (df["run"] == "joint").all() and (df["tier"] == 2).all()
+    ce = df[(df.method == "ce") & (df.profile == "quick") & (df.imbalance_ratio == 100)]
+    assert sorted(ce["seed"]) == [0, 1, 2] and set(ce["notebook"]) == {"03_class_balanced_loss"}
     s, problems = summarize(df)
     assert any("CE (sofmax)" in p for p in problems)
     ce = s[(s.profile == "quick") & (s.method == "ce") & (s.imbalance_ratio == 100)].iloc[0]
@@ -96,6 +120,28 @@ def test_collect_and_summarize(tree: Path) -> None:
     for method in ("crt", "mine", "typo"):
         row = s[s.method == method].iloc[0]
         assert row.published is None or math.isnan(row.published)
+
+
+def test_collect_shared_runs_missing_runs_and_a_moved_tree(tree: Path, tmp_path: Path) -> None:
+    # A run shared by two notebooks is one folder in the store and a row in each notebook.
+    nb5 = tree / "quick" / "05_equalization_losses"
+    first = json.loads((tree / "quick" / "03_class_balanced_loss" / "runs.json").read_text())["runs"][0]
+    add_to_manifest(nb5, {**first, "notebook": "05_equalization_losses", "label": "CE baseline"})
+    # A listed run whose metrics.json is missing is reported, not silently dropped.
+    add_to_manifest(nb5, {**first, "key": "ffffffffffffffffffff", "run_dir": "../runs/ffffffffffffffffffff",
+                          "notebook": "05_equalization_losses", "label": "lost"})
+    df, problems = collect(tree)
+    assert len(df) == 10
+    shared = df[df.key == first["key"]]
+    assert sorted(shared["notebook"]) == ["03_class_balanced_loss", "05_equalization_losses"]
+    assert sorted(shared["method"]) == ["CE baseline", "ce"] and len(set(shared["path"])) == 1
+    assert len(problems) == 1 and "lost" in problems[0] and "ffffffffffffffffffff" in problems[0]
+    # The manifests name runs by relative paths: a moved results folder gives the same table.
+    moved = shutil.copytree(tree, tmp_path / "elsewhere" / "results")
+    shutil.rmtree(tree)
+    df2, problems2 = collect(moved)
+    assert df2.drop(columns="path").equals(df.drop(columns="path")) and list(df2["path"]) == list(df["path"])
+    assert problems2 == problems
 
 
 def test_write_report(tree: Path) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import copy_fixture_notebook
 from ltbench import profiles, runner
 from ltbench.__main__ import main
 
@@ -26,12 +26,13 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def nbdir(tmp_path: Path) -> Path:
-    """A private copy of the fixtures (tests edit notebooks), plus 04_ok_again after 02_raises."""
+    """A private copy of the fixtures (tests edit notebooks), plus 04_ok_again after 02_raises;
+    each with the ``store_dir`` parameter the runner sets."""
     d = tmp_path / "notebooks"
     d.mkdir()
     for name in ("01_ok", "02_raises", "03_dies"):
-        shutil.copy(FIXTURES / f"{name}.ipynb", d)
-    shutil.copy(FIXTURES / "01_ok.ipynb", d / "04_ok_again.ipynb")
+        copy_fixture_notebook(FIXTURES / f"{name}.ipynb", d)
+    copy_fixture_notebook(FIXTURES / "01_ok.ipynb", d / "04_ok_again.ipynb")
     return d
 
 
@@ -163,6 +164,9 @@ def test_success_writes_metrics_and_marker(nbdir: Path, tmp_path: Path) -> None:
     # Relative to the kernel's working directory (the notebooks' folder), like the notebooks' defaults.
     out_dir = marker["parameters"]["out_dir"]
     assert not os.path.isabs(out_dir) and (nbdir / out_dir).resolve() == rd.resolve()
+    # The run store shared by the profile's notebooks: results/<profile>, relative as well.
+    store_dir = marker["parameters"]["store_dir"]
+    assert not os.path.isabs(store_dir) and (nbdir / store_dir).resolve() == (results / "smoke").resolve()
     assert marker["papermill"] and marker["finished"] and marker["notebook_sha256"]
     log = (rd / runner.LOG).read_text()
     assert "fixture running in" in log and "done" in log  # the cells' output is captured

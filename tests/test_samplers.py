@@ -1,4 +1,4 @@
-"""Tests for ltbench.samplers (SPEC §5)."""
+"""Tests for ltbench.samplers (docs/methods.md §5)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +6,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ltbench.samplers import SAMPLERS, build_sampler
+from ltbench.samplers import SAMPLERS, ClassAwareSampler, build_sampler
 
 COUNTS = [50, 20, 10, 5, 2]
 LABELS = [c for c, n in enumerate(COUNTS) for _ in range(n)]
 N = len(LABELS)
 C = len(COUNTS)
-ALL = ["instance", "class_balanced", "square_root", "progressive", "reversed"]
-CLASS_LEVEL = ["class_balanced", "square_root", "progressive", "reversed"]
+ALL = ["instance", "class_balanced", "class_aware", "square_root", "progressive", "reversed"]
+CLASS_LEVEL = ["class_balanced", "class_aware", "square_root", "progressive", "reversed"]
+
+
+def default_length(name: str) -> int:
+    """Epoch length without ``num_samples``: the dataset, except class_aware's ``n_max * C``."""
+    return max(COUNTS) * C if name == "class_aware" else N
 
 
 def make(name: str, **kw):
@@ -26,7 +31,7 @@ def expected_probs(name: str, epoch: int = 0, total: int = 10) -> np.ndarray:
     n = np.array(COUNTS, dtype=float)
     if name == "instance":
         return n / n.sum()
-    if name == "class_balanced":
+    if name in ("class_balanced", "class_aware"):
         return np.full(C, 1 / C)
     if name == "square_root":
         return np.sqrt(n) / np.sqrt(n).sum()
@@ -135,7 +140,7 @@ def test_label_container_types_agree(name):
 @pytest.mark.parametrize("num_samples", [None, 1, 50, 1000])
 def test_epoch_length(name, num_samples):
     s = make(name, num_samples=num_samples)
-    expected = N if num_samples is None else num_samples
+    expected = default_length(name) if num_samples is None else num_samples
     assert len(s) == expected
     idx = s.indices()
     assert idx.dtype == torch.int64 and idx.numel() == expected
@@ -233,3 +238,126 @@ def test_empty_class_is_an_error_for_class_level(name):
         build_sampler(name, LABELS, num_classes=7, **kw)
     with pytest.raises(ValueError, match=r"class 1 has 0 samples"):
         build_sampler(name, [0, 0, 2, 2], **kw)  # a hole in the label range
+
+
+# --------------------------------------------------------------------------- class_aware
+# Decoupling's ClassAwareSampler (classifier-balancing data/ClassAwareSampler.py): a shuffled cycle
+# over classes, a shuffled cycle within each class, k samples per class draw, and the iterators
+# carried over from one epoch to the next.
+
+LABELS_NP = np.array(LABELS)
+MEMBERS = [np.flatnonzero(LABELS_NP == c) for c in range(C)]
+
+
+def stream(sampler, epochs: int) -> np.ndarray:
+    return torch.cat([sampler.global_indices(e) for e in range(epochs)]).numpy()
+
+
+def test_class_aware_epoch_length_is_max_count_times_classes():
+    s = build_sampler("class_aware", LABELS)
+    assert s.num_samples == len(s) == 50 * 5 == 250 and len(s.indices()) == 250
+    assert len(build_sampler("class_aware", LABELS, epoch_length="dataset")) == N
+    assert len(build_sampler("class_aware", LABELS, num_samples=40, k=4)) == 40
+    # Sharded: the global epoch is still n_max * C, split across ranks.
+    shards = [build_sampler("class_aware", LABELS, rank=r, world_size=2) for r in range(2)]
+    assert sum(len(x) for x in shards) == 250
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_class_aware_each_class_once_per_class_cycle(k):
+    s = build_sampler("class_aware", LABELS, seed=5, k=k, num_samples=20 * k)  # whole draws per epoch
+    idx = stream(s, 6)
+    cls = LABELS_NP[idx]
+    blocks = cls.reshape(-1, k)
+    assert np.all(blocks == blocks[:, :1])  # k consecutive samples share their class
+    draws = blocks[:, 0]
+    cycles = draws[: (len(draws) // C) * C].reshape(-1, C)
+    assert all(sorted(row) == list(range(C)) for row in cycles)  # every class once per cycle
+    assert len({tuple(row) for row in cycles}) > 1  # and a new shuffle each cycle
+
+
+@pytest.mark.parametrize("k", [1, 5])  # n_max * C = 250 is a multiple of k: no cut draw at epoch ends
+def test_class_aware_within_class_no_repeat_before_all_seen(k):
+    s = build_sampler("class_aware", LABELS, seed=2, k=k)
+    idx = stream(s, 3)  # 3 epochs: the within-class cycles continue across epochs
+    for c, members in enumerate(MEMBERS):
+        seq = idx[LABELS_NP[idx] == c]
+        n = len(members)
+        full = seq[: (len(seq) // n) * n].reshape(-1, n)
+        assert len(full) >= 2
+        for row in full:  # each consecutive run of n_c draws of class c is a permutation of it
+            assert sorted(row) == sorted(members)
+        if n > 2:
+            assert len({tuple(row) for row in full}) > 1  # reshuffled every cycle
+
+
+def test_class_aware_epoch_counts_are_balanced():
+    s = build_sampler("class_aware", LABELS, seed=0, k=1)
+    cls = LABELS_NP[s.global_indices(0).numpy()]
+    np.testing.assert_array_equal(np.bincount(cls, minlength=C), np.full(C, 50))  # n_max per class
+    tail = s.global_indices(0).numpy()[cls == 4]
+    np.testing.assert_array_equal(np.bincount(tail - MEMBERS[4][0], minlength=2), [25, 25])  # 50 / n_c each
+
+
+def reference_class_aware(s: ClassAwareSampler, epochs: int) -> np.ndarray:
+    """The authors' sampler loop, written out sequentially: two cycle iterators (classes, and one
+    per class) that persist across epochs, and per epoch a fresh generator of ceil(L / k) class
+    draws, each taking k consecutive items of its class's iterator (the last draw may be cut)."""
+    L, k = s.num_samples, s.k
+    state = {"class_cycle": 0, "class_pos": 0, "within": {c: [0, 0] for c in range(s.num_classes)}}
+
+    def next_class() -> int:
+        cyc = s.class_cycles(state["class_cycle"], 1)[0]
+        c = int(cyc[state["class_pos"]])
+        state["class_pos"] += 1
+        if state["class_pos"] == s.num_classes:
+            state["class_cycle"], state["class_pos"] = state["class_cycle"] + 1, 0
+        return c
+
+    def next_sample(c: int) -> int:
+        w, o = state["within"][c]
+        x = int(s.within_cycle(c, w)[o])
+        o += 1
+        state["within"][c] = [w + 1, 0] if o == len(MEMBERS[c]) else [w, o]
+        return x
+
+    out = []
+    for _ in range(epochs):
+        epoch = []
+        while len(epoch) < L:
+            c = next_class()
+            group = [next_sample(c) for _ in range(k)]
+            epoch.extend(group[: L - len(epoch)])
+        out.extend(epoch)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("k,num_samples", [(1, None), (4, None), (4, 30), (3, 31)])
+def test_class_aware_matches_sequential_reference(k, num_samples):
+    s = build_sampler("class_aware", LABELS, seed=9, k=k, num_samples=num_samples)
+    np.testing.assert_array_equal(stream(s, 4), reference_class_aware(s, 4))
+    # Any epoch computed alone equals its place in the stream (no hidden state).
+    fresh = build_sampler("class_aware", LABELS, seed=9, k=k, num_samples=num_samples)
+    L = s.num_samples
+    np.testing.assert_array_equal(fresh.global_indices(3).numpy(), stream(s, 4)[3 * L:])
+
+
+def test_class_aware_within_cycle_is_a_permutation_and_deterministic():
+    s = build_sampler("class_aware", LABELS, seed=1)
+    for c in range(C):
+        perm = s.within_cycle(c, 7)
+        assert sorted(perm.tolist()) == MEMBERS[c].tolist()
+        assert torch.equal(perm, build_sampler("class_aware", LABELS, seed=1).within_cycle(c, 7))
+    assert sorted(s.class_cycles(3, 2)[1].tolist()) == list(range(C))
+    with pytest.raises(ValueError, match=r"c must be a class in \[0, 5\), got c=5"):
+        s.within_cycle(5, 0)
+
+
+def test_class_aware_errors_and_class_balanced_unchanged():
+    with pytest.raises(ValueError, match=r"epoch_length must be one of .*'dataset'.*got epoch_length='epoch'"):
+        build_sampler("class_aware", LABELS, epoch_length="epoch")
+    with pytest.raises(ValueError, match=r"k must be >= 1.*k=0"):
+        build_sampler("class_aware", LABELS, k=0)
+    # The independent-draw sampler (BagofTricks-LT's CIFAR setting) keeps the dataset as its epoch.
+    cb = build_sampler("class_balanced", LABELS, seed=0, k=4)
+    assert len(cb) == N and cb.name == "class_balanced"

@@ -9,13 +9,12 @@ would submit for the options given.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, real_cifar10_root
+from conftest import ROOT, copy_fixture_notebook, real_cifar10_root
 from ltbench import runner
 from ltbench.__main__ import main
 from ltbench.runner import FAILED, OK, PENDING, SKIPPED, ConfigError, exit_code, run_batch
@@ -46,6 +45,8 @@ def _job_folders(folder: Path) -> list:
 @pytest.mark.slow
 def test_local_executor_batch_of_two_smoke_notebooks(tmp_path: Path) -> None:
     overrides = {} if real_cifar10_root() else {"datasets": ["synthetic"]}
+    # Under the smoke profile both notebooks start with the same CE baseline: the second job waits
+    # for the first to finish it (see test_concurrent_jobs_share_a_run_instead_of_failing).
     statuses = _batch(tmp_path, only=SMOKE, overrides=overrides, array_parallelism=2)
     assert [s.status for s in statuses] == [OK, OK], [(s.status, s.error) for s in statuses]
     assert exit_code(statuses) == 0
@@ -55,8 +56,13 @@ def test_local_executor_batch_of_two_smoke_notebooks(tmp_path: Path) -> None:
         assert marker["notebook"] == stem and marker["profile"] == "smoke"
         assert (out / f"{stem}.ipynb").is_file() and not (out / f"{stem}.running.ipynb").exists()
         assert (out / runner.LOG).read_text().startswith(f"# ltbench run: {stem}")
-        metrics = [json.loads(f.read_text()) for f in out.rglob("metrics.json")]
-        assert metrics and all(m["notebook"] == stem and m["profile"] == "smoke" for m in metrics)
+        # The notebook's runs: labelled in its manifest, stored once in the profile's run store.
+        rows = json.loads((out / "runs.json").read_text())["runs"]
+        assert rows and all(r["notebook"] == stem for r in rows)
+        for r in rows:
+            folder = (out / r["run_dir"]).resolve()
+            assert folder.parent == (tmp_path / "smoke" / "runs").resolve() and folder.name == r["key"]
+            assert json.loads((folder / "metrics.json").read_text())["key"] == r["key"]
     jobs = _job_folders(tmp_path / "smoke" / ".submitit")
     assert len(jobs) == 2  # one job per notebook, submitit's files beside the results
     # Re-running skips the completed notebooks without submitting anything.
@@ -70,7 +76,7 @@ def nbdir(tmp_path: Path) -> Path:
     d = tmp_path / "notebooks"
     d.mkdir()
     for name in ("01_ok", "02_raises"):
-        shutil.copy(FIXTURES / f"{name}.ipynb", d)
+        copy_fixture_notebook(FIXTURES / f"{name}.ipynb", d)
     return d
 
 
@@ -151,3 +157,46 @@ def test_a_crashed_job_is_a_failed_notebook(tmp_path: Path) -> None:
     st = _crashed(plan, job, RuntimeError("Job 123_4 (task: 0) failed\ntimeout"), 12.0)
     assert st.status == FAILED and not st.succeeded and st.executed == tmp_path / "123_4_0_log.err"
     assert st.error == "job 123_4 failed: RuntimeError: Job 123_4 (task: 0) failed"
+
+
+CHILD = r"""
+import json, sys
+from ltbench.runs import ExecOptions, RunSpec, RunStore, run
+spec = RunSpec.from_dict(json.loads(sys.argv[2]))
+run(spec, RunStore(sys.argv[1]), ExecOptions(device="cpu", progress=False))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_share_a_run_instead_of_failing(tmp_path: Path) -> None:
+    """Two jobs (notebooks) of one profile need the same run: the second waits for the first to
+    finish it and loads it, as notebooks sharing the store must (submitit's array jobs)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from ltbench.config import TrainConfig
+    from ltbench.engine import TrainResult
+    from ltbench.experiments import materialize, planned
+    from ltbench.methods import joint_spec
+    from ltbench.runs import LOCK_FILE, RunStore
+
+    cfg = TrainConfig(dataset="synthetic", imbalance_ratio=10, epochs=10, batch_size=32, warmup_epochs=0,
+                      data_options={"n_train_per_class": 60, "n_test_per_class": 10, "image_size": 16})
+    spec, store = joint_spec(cfg), RunStore(tmp_path / "store")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(store.root), json.dumps(spec.to_dict())], env=env)
+    try:
+        lock = store.folder(spec) / LOCK_FILE
+        while not lock.exists():  # the other job is training the run
+            assert child.poll() is None, "the other job ended before it took the run's lock"
+            time.sleep(0.02)
+        (result,) = materialize([planned(spec, "CE", "99_test", "paper", "table")], store, device="cpu",
+                                progress=False)
+    finally:
+        child.wait(timeout=600)
+    assert child.returncode == 0
+    # Trained once, by the other job; this one loaded it.
+    assert result.meta["key"] == spec.key
+    assert result.train_seconds == TrainResult.load(store.folder(spec)).train_seconds

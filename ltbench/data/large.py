@@ -17,19 +17,18 @@ Images are decoded with ``torchvision.io.decode_image`` and transformed with
 BBN (Zhou et al., CVPR 2020) use, ``RandomResizedCrop(224)`` + horizontal flip (+ ``ColorJitter``
 0.4 on ImageNet-LT / Places-LT) for training, ``Resize(256)`` + ``CenterCrop(224)`` for testing,
 normalised with the ImageNet statistics (iNaturalist: the statistics of Decoupling's released
-loader). Many / medium / few shot groups come from the training counts with SPEC §3's thresholds
+loader). Many / medium / few shot groups come from the training counts with docs/methods.md §3's thresholds
 (:func:`ltbench.metrics.shot_groups`: > 100, 20..100, < 20 images).
 
 :class:`LargeLTDataset` is a ``torch.utils.data.Dataset`` with ``.targets`` and
 ``class_counts``; with :class:`ltbench.samplers.EpochSampler` every class-level sampler of
-SPEC §5 drives a normal ``DataLoader``. :func:`build_large_dataset` builds both splits, with
+docs/methods.md §5 drives a normal ``DataLoader``. :func:`build_large_dataset` builds both splits, with
 every check (split files, lines, labels, missing images, empty classes) done before training.
 """
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -39,7 +38,7 @@ from torch.utils.data import Dataset
 
 from ..metrics import shot_groups
 from ..registry import Registry
-from .sources import IMAGE_EXTENSIONS, DataNotFoundError, resolve_root
+from .sources import IMAGE_EXTENSIONS, DataNotFoundError, decode_image_file, resolve_root
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "INAT_MEAN", "INAT_STD", "LargeDatasetSpec", "LARGE_DATASETS",
@@ -262,13 +261,8 @@ def imagenet_transforms(
 
 
 def _decode(path: str) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its image decoders in favour of torchcodec (a warning per call).
-        warnings.filterwarnings("ignore", message=".*image decoding and encoding.*", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*torchcodec.*")
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    # Scoped warning filter and the file named on failure: see sources.decode_image_file.
+    return decode_image_file(path)
 
 
 class LargeLTDataset(Dataset):
@@ -307,11 +301,11 @@ class LargeLTDataset(Dataset):
 
     @property
     def class_counts(self) -> List[int]:
-        """Images per class ``[C]`` (the ``n_j`` of SPEC §4-§5 for a training split)."""
+        """Images per class ``[C]`` (the ``n_j`` of docs/methods.md §4-§5 for a training split)."""
         return torch.bincount(self.targets, minlength=self.num_classes).tolist()
 
     def shot_groups(self, many: int = 100, few: int = 20) -> Dict[str, List[int]]:
-        """Many / medium / few classes by this split's counts (SPEC §3 thresholds)."""
+        """Many / medium / few classes by this split's counts (docs/methods.md §3 thresholds)."""
         return shot_groups(self.class_counts, many=many, few=few)
 
     @property
@@ -383,7 +377,7 @@ class LargeLTData:
         return self.train.classes
 
     def shot_groups(self, many: int = 100, few: int = 20) -> Dict[str, List[int]]:
-        """Many / medium / few classes by the training counts (SPEC §3)."""
+        """Many / medium / few classes by the training counts (docs/methods.md §3)."""
         return shot_groups(self.counts, many=many, few=few)
 
 

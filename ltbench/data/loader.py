@@ -1,4 +1,4 @@
-"""A device-resident dataset with batched augmentation (SPEC §1), in the spirit of airbench.
+"""A device-resident dataset with batched augmentation (docs/methods.md §1), in the spirit of airbench.
 
 The whole split lives on the device as uint8, padded once; a training batch is a gather of
 random 32x32 crops (zero-pad 4) with random horizontal flips, then normalisation — a few
@@ -74,7 +74,9 @@ class DeviceDataset:
                         rows[:, None, :, None], cols[:, None, None, :]]
         return self._normalise(x, dtype), self.targets[idx]
 
-    def iterate(self, batch_size: int, dtype: torch.dtype = torch.float32) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(
+        self, batch_size: int, dtype: torch.dtype = torch.float32
+    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Un-augmented batches in order (evaluation)."""
         for start in range(0, len(self), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(self)), device=self.device)

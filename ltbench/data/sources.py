@@ -1,4 +1,4 @@
-"""Image sources decoded once into uint8 tensors and cached (SPEC §1; ../shared/data/README.md).
+"""Image sources decoded once into uint8 tensors and cached (docs/methods.md §1; ../shared/data/README.md).
 
 A split is ``(images uint8 [N, 3, H, W], targets int64 [N], class_names)`` in the official order.
 Sources: CIFAR-10/100 (an image-folder tree such as ``../shared/data/cifar10``, torchvision's
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -25,6 +27,52 @@ CIFAR_URL_HOST = ("www.cs.toronto.edu", 443)
 
 class DataNotFoundError(FileNotFoundError):
     """The data could not be found (and not downloaded); the message says where we looked."""
+
+
+class ImageDecodeError(ValueError):
+    """An image file could not be read or decoded (empty, truncated, not an image); the message
+    names the file. ``path`` holds it."""
+
+    def __init__(self, path: Union[str, os.PathLike], reason: str) -> None:
+        self.path = str(path)
+        super().__init__(f"cannot decode image file {self.path}: {reason}; remove or replace the file")
+
+
+def decode_image_file(path: Union[str, os.PathLike]) -> torch.Tensor:
+    """Decode one image file to uint8 ``[3, H, W]`` RGB (16-bit images scaled to 8 bits); any failure raises
+    :class:`ImageDecodeError` naming the file.
+
+    Decoder: ``torchvision.io.decode_image``. torchvision 0.29 deprecates its image decoders in
+    favour of TorchCodec and warns on every call; the warning is silenced here only, around the
+    call (``warnings.catch_warnings``), never process-wide. Plan: move to TorchCodec's image
+    decoder once a TorchCodec release that matches the pinned torch is in the lock file and needs
+    no system FFmpeg, keeping this function's contract (uint8 RGB, file named on failure) and
+    the tests of ``tests/test_data.py`` on it; until torchvision removes its decoders nothing
+    has to change.
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read it ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ImageDecodeError(path, "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*image decoding and encoding.*", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*torchcodec.*")
+            img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ImageDecodeError(path, f"{size} bytes, truncated or not an image ({type(exc).__name__}: "
+                                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})") from exc
+    if img.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+        from torchvision.transforms.v2.functional import to_dtype
+
+        img = to_dtype(img, torch.uint8, scale=True)
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ImageDecodeError(path, f"decoded to shape {tuple(img.shape)}, not [3, H, W]")
+    return img
 
 
 @dataclass
@@ -82,9 +130,9 @@ def _image_folder_layout_ok(folder: Path) -> bool:
 def read_image_folder(folder: Path, image_size: Optional[int] = None) -> Split:
     """Decode ``folder/<class>/*`` (classes sorted by name -> labels, files sorted by name).
 
-    The label order and within-class order match ``torchvision.datasets.ImageFolder``.
+    The label order and within-class order match ``torchvision.datasets.ImageFolder``. An empty,
+    truncated or non-image file raises :class:`ImageDecodeError` naming it.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
     from torchvision.transforms.v2.functional import resize
 
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -103,15 +151,12 @@ def read_image_folder(folder: Path, image_size: Optional[int] = None) -> Split:
     key += f":{len(files)}:{stamp.hexdigest()}"
 
     def build() -> Split:
-        import warnings
-
         from tqdm.auto import tqdm
 
-        # torchvision 0.29 deprecates its image decoders in favour of torchcodec, once per call.
-        warnings.filterwarnings("ignore", message=".*image decoding and encoding.*", category=DeprecationWarning)
         out = []
-        for f in tqdm(files, desc=f"decoding {folder.name}", leave=False, mininterval=2.0, disable=len(files) < 2000):
-            img = decode_image(read_file(str(f)), mode=ImageReadMode.RGB)
+        for f in tqdm(files, desc=f"decoding {folder.name}", leave=False, mininterval=2.0,
+                      disable=len(files) < 2000 or not sys.stderr.isatty()):
+            img = decode_image_file(f)  # names the file if it is empty, truncated or not an image
             if image_size is not None and tuple(img.shape[-2:]) != (image_size, image_size):
                 img = resize(img, [image_size, image_size], antialias=True)
             out.append(img)
@@ -198,7 +243,8 @@ def _imagefolder(root: Optional[str] = None, train: bool = True, image_size: Opt
     if not base.is_dir():
         raise DataNotFoundError(f"data root {base} does not exist (expected {base}/{{train,test}}/<class>/*)")
     if not _image_folder_layout_ok(folder):
-        raise DataNotFoundError(f"{folder} is missing or has no class folders (expected {base}/{{train,test}}/<class>/*)")
+        raise DataNotFoundError(
+            f"{folder} is missing or has no class folders (expected {base}/{{train,test}}/<class>/*)")
     return read_image_folder(folder, image_size=image_size)
 
 

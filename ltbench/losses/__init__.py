@@ -1,4 +1,4 @@
-"""The loss zoo (SPEC §4).
+"""The loss zoo (docs/methods.md §4).
 
 ``build_loss(name, class_counts, **hparams)`` returns an ``nn.Module`` whose
 ``forward(logits [N, C], targets [N]) -> scalar``. Names: ce, balanced_ce, focal, sigmoid_ce,
@@ -6,7 +6,7 @@ sigmoid_focal, cb_softmax, cb_sigmoid, cb_focal, ldam, sigmoid_eql, softmax_eql,
 softmax_eql_v2, efl. Every loss class has ``uses_sigmoid`` and ``stateful`` class attributes.
 Add a loss with ``@register_loss("my_loss")`` on a class taking ``(class_counts, **hparams)``.
 """
-from ._base import LossBase, StatefulLoss
+from ._base import LossBase, StatefulLoss, masked_mean, supports_mask, weighted_cross_entropy
 from ._registry import LOSSES, build_loss, register_loss
 from .class_balanced import ClassBalancedFocalLoss, ClassBalancedSigmoidLoss, ClassBalancedSoftmaxLoss
 from .efl import EqualizedFocalLoss
@@ -22,6 +22,9 @@ __all__ = [
     "register_loss",
     "LossBase",
     "StatefulLoss",
+    "supports_mask",
+    "masked_mean",
+    "weighted_cross_entropy",
     "CrossEntropyLoss",
     "BalancedCrossEntropyLoss",
     "SoftmaxFocalLoss",

@@ -1,4 +1,4 @@
-"""Shared machinery of the loss zoo (SPEC §4): validation, the loss base class, per-class
+"""Shared machinery of the loss zoo (docs/methods.md §4): validation, the loss base class, per-class
 weights for DRW, and the gradient tap that stateful losses use to collect statistics.
 
 Every loss takes raw logits ``z [N, C]`` and integer labels ``y [N]`` and returns a scalar.
@@ -28,6 +28,9 @@ __all__ = [
     "check_real",
     "check_alpha",
     "one_hot",
+    "supports_mask",
+    "masked_mean",
+    "weighted_cross_entropy",
 ]
 
 
@@ -92,6 +95,41 @@ def check_alpha(value: Any) -> float:
     return float(value)
 
 
+def supports_mask(loss: nn.Module) -> bool:
+    """Whether ``loss`` takes a sample mask (its ``compute`` has a ``mask`` keyword; see
+    :meth:`LossBase.forward`)."""
+    import inspect
+
+    compute = getattr(loss, "compute", None)
+    if compute is None:
+        return False
+    try:
+        return "mask" in inspect.signature(compute).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def masked_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """``values.mean()``; with a 0/1 ``mask``, ``sum_i m_i v_i / sum_i m_i``: the mean over the
+    masked-in samples (padding excluded from the sum and the count)."""
+    if mask is None:
+        return values.mean()
+    return (values * mask).sum() / mask.sum()
+
+
+def weighted_cross_entropy(z: Tensor, y: Tensor, weight: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
+    """``F.cross_entropy(z, y, weight=weight)`` (the plain mean, or PyTorch's weighted mean
+    ``sum_i w[y_i] CE_i / sum_i w[y_i]``); with a 0/1 ``mask`` both sums run over the masked-in
+    samples only."""
+    import torch.nn.functional as F
+
+    if mask is None:
+        return F.cross_entropy(z, y, weight=weight)
+    ce = F.cross_entropy(z, y, weight=weight, reduction="none")  # w[y_i] * CE_i
+    norm = mask if weight is None else weight[y] * mask
+    return (ce * mask).sum() / norm.sum()
+
+
 def one_hot(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     """``Y [N, C]``; a comparison rather than ``F.one_hot`` (which syncs on some devices)."""
     classes = torch.arange(num_classes, device=targets.device)
@@ -99,7 +137,7 @@ def one_hot(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
 
 
 def _all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum over processes under DDP (SPEC §4); a no-op on a single process."""
+    """Sum over processes under DDP (docs/methods.md §4); a no-op on a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
@@ -112,7 +150,7 @@ class LossBase(nn.Module):
     """Base of every loss: checks inputs, picks the compute dtype, calls :meth:`compute`.
 
     Subclasses set ``uses_sigmoid`` (the engine then initialises the classifier bias to
-    ``-log(C - 1)``, SPEC §2) and ``stateful`` (gradient statistics in buffers).
+    ``-log(C - 1)``, docs/methods.md §2) and ``stateful`` (gradient statistics in buffers).
     """
 
     uses_sigmoid: ClassVar[bool] = False
@@ -125,22 +163,38 @@ class LossBase(nn.Module):
         # Non-persistent: derived from the constructor argument, not training state.
         self.register_buffer("class_counts", counts.float(), persistent=False)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """The loss of a batch (SPEC §4); an empty batch (N = 0) gives 0.
+    def forward(self, logits: Tensor, targets: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """The loss of a batch (docs/methods.md §4); an empty batch (N = 0) gives 0.
 
-        SPEC §4 asks for a finite scalar and does not define N = 0; 0 is the sum over no samples.
+        docs/methods.md §4 asks for a finite scalar and does not define N = 0; 0 is the sum over no samples.
         An empty batch (a rank's shard or a sampler's last batch) must not turn the mean into
         0/0 = NaN; the zero stays connected to ``logits`` so that backward still reaches every
         parameter (zero gradients; DDP expects each one to take part). :meth:`compute` is not
         called for it, so stateful losses neither tap the gradient nor touch their statistics.
+
+        ``mask`` (``[N]``, 1 for the samples that count, 0 for padding; at least one 1): the loss,
+        its gradient and a stateful loss's statistics are those of the batch of the masked-in
+        samples alone (every normaliser counts only them); the padded rows get zero gradient.
+        This is how :mod:`ltbench.fastpath` pads the last partial batch to a static shape. Losses
+        whose :meth:`compute` takes a ``mask`` keyword support it (:func:`supports_mask`).
         """
         z, y = self._prepare(logits, targets)
+        if mask is not None:
+            if mask.shape != y.shape:
+                raise ValueError(f"mask must be [N={y.shape[0]}], got shape {tuple(mask.shape)}")
+            if not torch.compiler.is_compiling() and not supports_mask(self):
+                raise ValueError(f"loss {type(self).__name__} takes no sample mask (its compute() has no mask "
+                                 "keyword): it cannot train on a padded batch")
+            return self.compute(z, y, mask=mask.to(z.dtype))
         if z.shape[0] == 0:
             return z.sum() * 0.0
         return self.compute(z, y)
 
     def compute(self, z: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """The loss on checked logits ``z`` (float32/64) and int64 labels ``y``."""
+        """The loss on checked logits ``z`` (float32/64) and int64 labels ``y``. A loss that
+        accepts a keyword ``mask`` (``[N]`` 0/1 in ``z``'s dtype, or None) supports padded batches
+        (:meth:`forward`); the helpers :func:`masked_mean` and :func:`weighted_cross_entropy`
+        give the normalisation over the masked-in samples."""
         raise NotImplementedError
 
     def statistics(self) -> Dict[str, Tensor]:
@@ -193,7 +247,7 @@ class LossBase(nn.Module):
 
 
 class ClassWeightMixin:
-    """Optional per-class weights (DRW, SPEC §6) in a buffer named ``class_weight``.
+    """Optional per-class weights (DRW, docs/methods.md §6) in a buffer named ``class_weight``.
 
     With weights, the loss uses PyTorch's weighted mean (``F.cross_entropy(weight=w)``:
     divides by ``sum_i w[y_i]``). ``None`` means the plain mean. The buffer is absent from the
@@ -264,8 +318,10 @@ class StatefulLoss(LossBase):
     """A loss with gradient statistics ``pos_grad``/``neg_grad`` (float32 ``[C]`` buffers).
 
     Statistics are updated once per backward pass through a forward that ran in training mode
-    with grad enabled and logits requiring grad (SPEC §4: after backward, never in evaluation).
-    Per-step sums are all-reduced under DDP. Everything stays on the device: no host syncs.
+    with grad enabled and logits requiring grad (docs/methods.md §4: after backward, never in evaluation).
+    Per-step sums are all-reduced under DDP. A step whose sums hold a NaN or an infinity (NaN/inf
+    logits, a diverging run) is left out whole, so the statistics stay those of the finite steps.
+    Everything stays on the device: no host syncs.
     """
 
     stateful: ClassVar[bool] = True
@@ -289,6 +345,11 @@ class StatefulLoss(LossBase):
         state via :meth:`_refresh`."""
         sums = torch.stack([pos, neg]).to(self.pos_grad.dtype)
         _all_reduce_sum(sums)  # one collective for both
+        # A step with any non-finite entry (NaN/inf logits, an exploding lr) is left out whole:
+        # folded in, it would poison the statistics, and with them every later loss, for good.
+        # Checked after the all-reduce, so every rank drops the same step; a device-side select,
+        # no host sync.
+        sums = torch.where(torch.isfinite(sums).all(), sums, torch.zeros_like(sums))
         self.pos_grad.add_(sums[0])
         self.neg_grad.add_(sums[1])
         self._refresh()

@@ -1,4 +1,4 @@
-"""One fused forward/backward for the whole sigmoid family of SPEC §4: sigmoid_ce, sigmoid_focal,
+"""One fused forward/backward for the whole sigmoid family of docs/methods.md §4: sigmoid_ce, sigmoid_focal,
 cb_sigmoid, cb_focal, sigmoid_eql and efl.
 
 Every one of them is the weighted sum, over the C independent binary problems of each sample,
@@ -116,8 +116,10 @@ def _scratch(z: Tensor, count: int) -> List[Tensor]:
 
 def _on_cpu(x: Tensor) -> bool:
     """Whether to use the CPU formulation (vectorised ops only, buffers reused); elsewhere the
-    fused ``logsigmoid`` kernel and the caching allocator make the plain one the better."""
-    return x.device.type == "cpu"
+    fused ``logsigmoid`` kernel and the caching allocator make the plain one the better. Under
+    ``torch.compile`` (:mod:`ltbench.fastpath`) the plain one: the compiler fuses it, and the
+    per-thread scratch buffers are Python state it cannot trace."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def logsigmoid_abs(x: Tensor) -> Tensor:
@@ -328,7 +330,7 @@ class _SigmoidFamily(torch.autograd.Function):
         if grad is None:  # handed over by an earlier backward pass through this (retained) graph
             grad = _fused_terms(z, y, *ctx.args, with_stats=False, need_grad=True)[1]
         nones = (None,) * 7
-        if grad_out.device.type == "cpu" and grad_out.numel() == 1 and grad_out.item() == 1.0:
+        if _on_cpu(grad_out) and grad_out.numel() == 1 and grad_out.item() == 1.0:
             ctx.grad = None  # the caller now owns it (and may modify it in place)
             return (grad, *nones)
         return (grad * grad_out, *nones)
@@ -343,6 +345,7 @@ def sigmoid_family_loss(
     pos_weight: Scalar = 1.0,
     row_weight: Optional[Tensor] = None,
     on_stats: Optional[StatsCallback] = None,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     """The module docstring's ``L`` (a scalar) for logits ``z [N, C]`` and int64 labels ``y [N]``.
 
@@ -350,7 +353,10 @@ def sigmoid_family_loss(
     ``nu``, a float or ``[C]``. ``pos_weight``: ``pi``, a float or ``[N]``. ``row_weight``:
     ``rho`` ``[N]`` or ``None``. Weight tensors: detached, >= 0, in ``z``'s dtype and device.
     ``on_stats`` (see :data:`StatsCallback`) runs once per backward pass through this call;
-    never for an empty batch (``N = 0``), which gives a loss of 0.
+    never for an empty batch (``N = 0``), which gives a loss of 0. ``mask`` (``[N]`` 0/1, at least
+    one 1): the loss of the masked-in rows alone, ``sum over them / their count``; the padded rows
+    get weight 0 (no gradient, nothing in the statistics) and ``on_stats``' upstream factor is
+    ``dL_out / count`` (see :meth:`ltbench.losses.LossBase.forward`).
     """
     if z.shape[0] == 0:
         # The sum over no samples, divided by N = 0, would be NaN, and so would the statistics
@@ -358,4 +364,10 @@ def sigmoid_family_loss(
         # no ``on_stats`` call.
         return z.sum() * 0.0
     need_grad = torch.is_grad_enabled() and z.requires_grad
+    if mask is not None:
+        # (1/N) sum_i m_i rho_i l_i scaled by N / sum_i m_i: the normaliser counts only the real
+        # rows, and so does EFL's upstream factor k = dL_out / N (dL_out is N / sum m).
+        row_weight = mask if row_weight is None else row_weight * mask
+        total = _SigmoidFamily.apply(z, y, gamma, neg_weight, pos_weight, row_weight, on_stats, need_grad)
+        return total * (z.shape[0] / mask.sum())
     return _SigmoidFamily.apply(z, y, gamma, neg_weight, pos_weight, row_weight, on_stats, need_grad)

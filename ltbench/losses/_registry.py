@@ -1,4 +1,4 @@
-"""The loss registry and ``build_loss`` (SPEC §4)."""
+"""The loss registry and ``build_loss`` (docs/methods.md §4)."""
 from __future__ import annotations
 
 import inspect

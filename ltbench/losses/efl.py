@@ -1,8 +1,8 @@
 """Equalized Focal Loss: Li et al. 2022, "Equalized Focal Loss for Dense Long-Tailed Object
-Detection" (CVPR), SPEC §4 efl."""
+Detection" (CVPR), docs/methods.md §4 efl."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ __all__ = ["EqualizedFocalLoss"]
 
 @LOSSES.register("efl")
 class EqualizedFocalLoss(StatefulLoss):
-    """EFL, SPEC §4 efl (sigmoid, C columns):
+    """EFL, docs/methods.md §4 efl (sigmoid, C columns):
 
     ``g = clamp(G_pos / (G_neg + 1e-10), 0, 1)`` (``g = 1`` at start),
     ``gamma_j = gamma_b + s_f * (1 - g_j)``, both factors detached;
@@ -43,12 +43,12 @@ class EqualizedFocalLoss(StatefulLoss):
         """``gamma_j = gamma_b + s_f * (1 - g_j)``."""
         return self.gamma_b + self.s_f * (1.0 - self.g)
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         gamma = self.focusing().to(z.dtype)
         w = gamma / self.gamma_b  # the weighting factor gamma_j / gamma_b
         neg_w, pos_w = (w, w[y]) if self.alpha < 0 else ((1.0 - self.alpha) * w, self.alpha * w[y])
         on_stats = self._accumulate_true_grad if self._tracking(z) else None
-        return sigmoid_family_loss(z, y, gamma=gamma, neg_weight=neg_w, pos_weight=pos_w, on_stats=on_stats)
+        return sigmoid_family_loss(z, y, gamma=gamma, neg_weight=neg_w, pos_weight=pos_w, on_stats=on_stats, mask=mask)
 
     def _accumulate_true_grad(self, pos: Tensor, neg: Tensor, k: Tensor) -> None:
         # |dL/dz| = |k| * (the per-entry magnitudes): the true gradient, 1/N and upstream included.

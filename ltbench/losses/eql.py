@@ -1,4 +1,4 @@
-"""Equalization losses with gradient statistics (SPEC §4): sigmoid_eql, softmax_eql,
+"""Equalization losses with gradient statistics (docs/methods.md §4): sigmoid_eql, softmax_eql,
 softmax_eql_v2.
 
 Papers: Tan et al. 2021, "Equalization Loss v2: A New Gradient Balance Approach for Long-tailed
@@ -9,13 +9,12 @@ All three keep ``pos_grad``/``neg_grad`` buffers updated after each backward pas
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import CountsLike, StatefulLoss, check_real
+from ._base import CountsLike, StatefulLoss, check_real, weighted_cross_entropy
 from ._fused import sigmoid_family_loss
 from ._registry import LOSSES
 
@@ -24,7 +23,7 @@ __all__ = ["SigmoidEQLLoss", "SoftmaxEQLLoss", "SoftmaxEQLv2Loss"]
 
 @LOSSES.register("sigmoid_eql")
 class SigmoidEQLLoss(StatefulLoss):
-    """Sigmoid-EQL (EQLv2 style, C columns, no background), SPEC §4 sigmoid_eql.
+    """Sigmoid-EQL (EQLv2 style, C columns, no background), docs/methods.md §4 sigmoid_eql.
 
     ``f(x) = 1 / (1 + exp(-gamma * (x - mu)))``, ``q_j = f(g_j)``, ``r_j = 1 + alpha * (1 - q_j)``,
     ``W = r * Y + q * (1 - Y)``;  ``L = sum_{i,j} W_ij * BCE(z_ij, Y_ij) / N``.
@@ -51,11 +50,11 @@ class SigmoidEQLLoss(StatefulLoss):
         q = torch.sigmoid(self.gamma * (self.ratio - self.mu))
         return 1.0 + self.alpha * (1.0 - q), q
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         r, q = (t.to(z.dtype) for t in self.weights())
         on_stats = self._accumulate_weighted_grad if self._tracking(z) else None
         # W = r on the label's column, q elsewhere: positive weights r[y_i], negative weights q_j.
-        return sigmoid_family_loss(z, y, neg_weight=q, pos_weight=r[y], on_stats=on_stats)
+        return sigmoid_family_loss(z, y, neg_weight=q, pos_weight=r[y], on_stats=on_stats, mask=mask)
 
     def _accumulate_weighted_grad(self, pos: Tensor, neg: Tensor, _k: Tensor) -> None:
         # SPEC's sum_i G Y W and sum_i G (1 - Y) W, G = |Y (s - 1) + (1 - Y) s| = |dBCE/dz|: the
@@ -85,9 +84,9 @@ class _SoftmaxEQLBase(StatefulLoss):
         """Per-class additive term ``[C]`` (float32) built from the statistics."""
         raise NotImplementedError
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         z = self._tap(z, self._accumulate_abs_grad(y))
-        return F.cross_entropy(z + self.log_adjustment().to(z.dtype), y)
+        return weighted_cross_entropy(z + self.log_adjustment().to(z.dtype), y, None, mask)
 
     def statistics(self) -> Dict[str, Tensor]:
         return {**super().statistics(), "log_adjustment": self.log_adjustment()}
@@ -98,7 +97,7 @@ class _SoftmaxEQLBase(StatefulLoss):
 
 @LOSSES.register("softmax_eql")
 class SoftmaxEQLLoss(_SoftmaxEQLBase):
-    """Softmax-EQL, SPEC §4 softmax_eql: ``G = clamp(G_pos, min=1e-4)``,
+    """Softmax-EQL, docs/methods.md §4 softmax_eql: ``G = clamp(G_pos, min=1e-4)``,
     ``z'_ij = z_ij + tau * log(G_j / G_{y_i})`` (unchanged for ``j = y_i``), ``L = CE(z', y)``,
     i.e. ``p_y = G_y^tau e^{z_y} / sum_k G_k^tau e^{z_k}``; tau 1.
     After backward: ``G_pos += sum_i |dL/dz| Y``, ``G_neg += sum_i |dL/dz| (1 - Y)``.
@@ -109,17 +108,17 @@ class SoftmaxEQLLoss(_SoftmaxEQLBase):
         # per-row constant -tau*log G_y cancels inside the softmax (exactly 0 at j = y).
         return self.tau * torch.log(torch.clamp(self.pos_grad, min=1e-4))
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         z = self._tap(z, self._accumulate_abs_grad(y))
         log_g = self.log_adjustment().to(z.dtype)
         # SPEC's form literally (shift relative to the label's class): identical value, and it
         # keeps the label's logit unchanged as written.
-        return F.cross_entropy(z + log_g - log_g[y].unsqueeze(1), y)
+        return weighted_cross_entropy(z + log_g - log_g[y].unsqueeze(1), y, None, mask)
 
 
 @LOSSES.register("softmax_eql_v2")
 class SoftmaxEQLv2Loss(_SoftmaxEQLBase):
-    """Softmax-EQL, second form, SPEC §4 softmax_eql_v2: ``pi = G_pos / (sum G_pos + 1e-4)``,
+    """Softmax-EQL, second form, docs/methods.md §4 softmax_eql_v2: ``pi = G_pos / (sum G_pos + 1e-4)``,
     ``z' = z + log(pi ** tau + 1e-9)`` on all columns, ``L = CE(z', y)``; tau 1; same
     statistics as softmax_eql. In training it equals softmax_eql up to the epsilons.
     """

@@ -1,13 +1,12 @@
 """LDAM loss: Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware
-Margin Loss" (NeurIPS), SPEC §4 ldam."""
+Margin Loss" (NeurIPS), docs/methods.md §4 ldam."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import ClassWeightMixin, CountsLike, LossBase, as_class_counts, check_real, one_hot
+from ._base import ClassWeightMixin, CountsLike, LossBase, as_class_counts, check_real, one_hot, weighted_cross_entropy
 from ._registry import LOSSES
 
 __all__ = ["LDAMLoss", "ldam_margins"]
@@ -22,7 +21,7 @@ def ldam_margins(class_counts: CountsLike, max_m: float = 0.5) -> Tensor:
 
 @LOSSES.register("ldam")
 class LDAMLoss(ClassWeightMixin, LossBase):
-    """LDAM, SPEC §4 (Cao et al. 2019, NeurIPS):
+    """LDAM, docs/methods.md §4 (Cao et al. 2019, NeurIPS):
 
     ``L = CE(s * (z - m_y * Y), y)``, margins ``m_j ∝ n_j ** -0.25`` with ``max_j m_j = max_m``
     (0.5), scale ``s = 30``. Meant for a cosine (normalised, bias-free) classifier. With
@@ -44,10 +43,10 @@ class LDAMLoss(ClassWeightMixin, LossBase):
         self.register_buffer("margins", ldam_margins(class_counts, self.max_m), persistent=False)
         self._init_class_weight(weight)
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         Y = one_hot(y, self.num_classes, z.dtype)
         m_y = self.margins.to(z.dtype)[y].unsqueeze(1)
-        return F.cross_entropy(self.s * (z - m_y * Y), y, weight=self._weight_for(z))
+        return weighted_cross_entropy(self.s * (z - m_y * Y), y, self._weight_for(z), mask)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, max_m={self.max_m}, s={self.s}"

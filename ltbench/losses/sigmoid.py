@@ -1,4 +1,4 @@
-"""Sigmoid losses over C independent binary problems: sigmoid_ce, sigmoid_focal (SPEC §4).
+"""Sigmoid losses over C independent binary problems: sigmoid_ce, sigmoid_focal (docs/methods.md §4).
 
 All sigmoid-family losses (these, the CB, EQL and EFL ones) are computed by the fused
 :func:`._fused.sigmoid_family_loss`. ``signed_logits``, ``focal_terms`` and ``alpha_t`` are the
@@ -7,7 +7,7 @@ backward), kept as the reference the fused form is tested against.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,18 +43,18 @@ def alpha_t(Y: Tensor, alpha: float) -> Tensor:
 
 @LOSSES.register("sigmoid_ce")
 class SigmoidCrossEntropyLoss(LossBase):
-    """Sigmoid CE, SPEC §4 **sigmoid_ce** (the unweighted sigmoid CE of Cui et al.
+    """Sigmoid CE, docs/methods.md §4 **sigmoid_ce** (the unweighted sigmoid CE of Cui et al.
     2019, "Class-Balanced Loss Based on Effective Number of Samples"): ``L = sum_{i,j} BCE(z_ij, Y_ij) / N``."""
 
     uses_sigmoid = True
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        return sigmoid_family_loss(z, y)
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return sigmoid_family_loss(z, y, mask=mask)
 
 
 @LOSSES.register("sigmoid_focal")
 class SigmoidFocalLoss(LossBase):
-    """Sigmoid focal loss, SPEC §4 **sigmoid_focal** (Lin et al. 2017, "Focal Loss for Dense
+    """Sigmoid focal loss, docs/methods.md §4 **sigmoid_focal** (Lin et al. 2017, "Focal Loss for Dense
     Object Detection"):
 
     ``L = sum_{i,j} a_t * (1 - p_t) ** gamma * BCE(z_ij, Y_ij) / N``, ``p_t = s`` if
@@ -70,10 +70,11 @@ class SigmoidFocalLoss(LossBase):
         self.gamma = check_real("gamma", gamma, low=0.0)
         self.alpha = check_alpha(alpha)
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         if self.alpha < 0:
-            return sigmoid_family_loss(z, y, gamma=self.gamma)
-        return sigmoid_family_loss(z, y, gamma=self.gamma, neg_weight=1.0 - self.alpha, pos_weight=self.alpha)
+            return sigmoid_family_loss(z, y, gamma=self.gamma, mask=mask)
+        return sigmoid_family_loss(z, y, gamma=self.gamma, neg_weight=1.0 - self.alpha, pos_weight=self.alpha,
+                                   mask=mask)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, gamma={self.gamma}, alpha={self.alpha}"

@@ -1,4 +1,4 @@
-"""Softmax losses: ce, balanced_ce, focal (SPEC §4)."""
+"""Softmax losses: ce, balanced_ce, focal (docs/methods.md §4)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import ClassWeightMixin, CountsLike, LossBase, check_real, one_hot
+from ._base import (ClassWeightMixin, CountsLike, LossBase, check_real, masked_mean, one_hot,
+                    weighted_cross_entropy)
 from ._registry import LOSSES
 from .weights import inverse_frequency_weights
 
@@ -26,9 +27,9 @@ def log_one_minus_pt(logp: Tensor, y: Tensor) -> Tensor:
 
 @LOSSES.register("ce")
 class CrossEntropyLoss(ClassWeightMixin, LossBase):
-    """Softmax cross-entropy, SPEC §4 **ce**: ``L = mean_i -log p[i, y_i]``.
+    """Softmax cross-entropy, docs/methods.md §4 **ce**: ``L = mean_i -log p[i, y_i]``.
 
-    ``weight`` (or :meth:`set_class_weight`, used for DRW, SPEC §6) switches to PyTorch's
+    ``weight`` (or :meth:`set_class_weight`, used for DRW, docs/methods.md §6) switches to PyTorch's
     weighted mean ``sum_i w[y_i] CE_i / sum_i w[y_i]``.
     """
 
@@ -36,13 +37,13 @@ class CrossEntropyLoss(ClassWeightMixin, LossBase):
         super().__init__(class_counts)
         self._init_class_weight(weight)
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(z, y, weight=self._weight_for(z))
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return weighted_cross_entropy(z, y, self._weight_for(z), mask)
 
 
 @LOSSES.register("balanced_ce")
 class BalancedCrossEntropyLoss(LossBase):
-    """Class-frequency weighted CE, SPEC §4 **balanced_ce** (multi-class alpha-balanced CE,
+    """Class-frequency weighted CE, docs/methods.md §4 **balanced_ce** (multi-class alpha-balanced CE,
     Lin et al. 2017, "Focal Loss for Dense Object Detection", §3.1):
 
     ``w_j ∝ n_j ** -power`` with ``sum_j w_j = C``;  ``L = (1/N) sum_i w[y_i] * CE_i``
@@ -56,9 +57,9 @@ class BalancedCrossEntropyLoss(LossBase):
         w = inverse_frequency_weights(class_counts, self.power)
         self.register_buffer("weights", w.float(), persistent=False)
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         ce = F.cross_entropy(z, y, reduction="none")
-        return (self.weights.to(z.dtype)[y] * ce).mean()
+        return masked_mean(self.weights.to(z.dtype)[y] * ce, mask)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, power={self.power}"
@@ -66,7 +67,7 @@ class BalancedCrossEntropyLoss(LossBase):
 
 @LOSSES.register("focal")
 class SoftmaxFocalLoss(LossBase):
-    """Softmax focal loss, SPEC §4 **focal** (Lin et al. 2017, "Focal Loss for Dense Object
+    """Softmax focal loss, docs/methods.md §4 **focal** (Lin et al. 2017, "Focal Loss for Dense Object
     Detection", in its multi-class softmax form):
 
     ``L = mean_i (1 - p_t,i) ** gamma * CE_i``, ``p_t,i = softmax(z)[i, y_i]``; gamma default 1.
@@ -77,11 +78,11 @@ class SoftmaxFocalLoss(LossBase):
         super().__init__(class_counts)
         self.gamma = check_real("gamma", gamma, low=0.0)
 
-    def compute(self, z: Tensor, y: Tensor) -> Tensor:
+    def compute(self, z: Tensor, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         logp = F.log_softmax(z, dim=1)
         ce = -logp.gather(1, y.unsqueeze(1)).squeeze(1)
         modulator = torch.exp(self.gamma * log_one_minus_pt(logp, y))
-        return (modulator * ce).mean()
+        return masked_mean(modulator * ce, mask)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, gamma={self.gamma}"

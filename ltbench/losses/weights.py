@@ -1,5 +1,5 @@
 """Per-class weights from training counts: class-balanced (effective number) and inverse
-frequency. Both are normalised to ``sum_j w_j = C`` (SPEC §4, §6) and computed in float64 in
+frequency. Both are normalised to ``sum_j w_j = C`` (docs/methods.md §4, §6) and computed in float64 in
 log space, so they stay finite for huge counts and for ``beta = 0``."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def effective_number(class_counts: CountsLike, beta: float) -> Tensor:
 
 
 def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999) -> Tensor:
-    """CB weights, SPEC §4 (Cui et al. 2019): ``w_j = (1 - beta) / (1 - beta ** n_j)``,
+    """CB weights, docs/methods.md §4 (Cui et al. 2019): ``w_j = (1 - beta) / (1 - beta ** n_j)``,
     normalised to ``sum_j w_j = C``. ``beta = 0`` gives all ones. Returns float32 ``[C]``."""
     beta = check_real("beta", beta, low=0.0, high=1.0, high_open=True)
     counts = as_class_counts(class_counts)
@@ -37,8 +37,8 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999) -> Te
 
 
 def inverse_frequency_weights(class_counts: CountsLike, power: float = 1.0) -> Tensor:
-    """``w_j ∝ n_j ** -power`` normalised to ``sum_j w_j = C`` (SPEC §4 balanced_ce; the "RW"
-    of BBN, SPEC §6). ``power = 0.5`` is inverse square root. Returns float32 ``[C]``."""
+    """``w_j ∝ n_j ** -power`` normalised to ``sum_j w_j = C`` (docs/methods.md §4 balanced_ce; the "RW"
+    of BBN, docs/methods.md §6). ``power = 0.5`` is inverse square root. Returns float32 ``[C]``."""
     power = check_real("power", power, low=0.0)
     counts = as_class_counts(class_counts)
     # C * softmax(-power * log n): no overflow/underflow for any positive counts.

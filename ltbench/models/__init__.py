@@ -1,4 +1,4 @@
-"""Model factory: CIFAR ResNets by name and any timm model for larger images (SPEC §2, §8)."""
+"""Model factory: CIFAR ResNets by name and any timm model for larger images (docs/methods.md §2, §8)."""
 from __future__ import annotations
 
 from torch import nn
@@ -26,12 +26,15 @@ def _timm_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
 
 
 def build_model(
-    name: str, num_classes: int, classifier: str = "linear", pretrained: bool = False
+    name: str, num_classes: int, classifier: str = "linear", pretrained: bool = False,
+    cosine_scale: float = 30.0,
 ) -> nn.Module:
     """Build ``name`` ('resnet32', 'resnet18_cifar' or 'timm/<timm name>') with a ``classifier`` head.
 
     The returned model has ``forward_features``, ``forward_head`` and a swappable classifier
-    (``model.fc`` for the CIFAR ResNets, timm's ``get_classifier()`` otherwise).
+    (``model.fc`` for the CIFAR ResNets, timm's ``get_classifier()`` otherwise). ``cosine_scale``
+    is recorded on a cosine head as ``logit_scale`` (the scale its loss applies, LDAM's ``s``;
+    see :func:`logit_scale`); a linear head ignores it.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -42,14 +45,14 @@ def build_model(
         if classifier == "cosine":
             head = model.get_classifier()
             model.reset_classifier(0)
-            cos = CosineClassifier(model.num_features, num_classes)
+            cos = CosineClassifier(model.num_features, num_classes, scale=cosine_scale)
             # timm's reset_classifier(0) leaves Identity; reattach under the same attribute name
             _set_submodule(model, model.default_cfg.get("classifier", "fc"), cos)
             del head
         return model
     model = MODELS.build(name, num_classes)
     if classifier == "cosine":
-        model.fc = CosineClassifier(model.num_features, num_classes)
+        model.fc = CosineClassifier(model.num_features, num_classes, scale=cosine_scale)
     return model
 
 
@@ -69,6 +72,17 @@ def get_classifier(model: nn.Module) -> nn.Module:
     return model.get_classifier()
 
 
+def logit_scale(model: nn.Module) -> float:
+    """The factor between ``model(x)`` and the logits its loss sees (docs/methods.md §3 calibration, §4 ldam).
+
+    A cosine head (:class:`CosineClassifier`) outputs cosines that LDAM multiplies by ``s``:
+    returns its ``logit_scale`` (``cosine_scale`` of :func:`build_model`, 30 by default). Any other
+    head is used as is: 1.0. ECE comparable with linear-head runs is ``ece(logit_scale(model) * model(x))``.
+    """
+    head = get_classifier(model)
+    return float(getattr(head, "logit_scale", 1.0)) if isinstance(head, CosineClassifier) else 1.0
+
+
 def set_classifier(model: nn.Module, head: nn.Module) -> None:
     """Replace the classifier module of ``model``."""
     if isinstance(model, CifarResNet) or hasattr(model, "fc"):
@@ -78,6 +92,6 @@ def set_classifier(model: nn.Module, head: nn.Module) -> None:
 
 
 __all__ = [
-    "MODELS", "build_model", "get_classifier", "set_classifier", "resnet32", "resnet18_cifar",
+    "MODELS", "build_model", "get_classifier", "set_classifier", "logit_scale", "resnet32", "resnet18_cifar",
     "CifarResNet", "BasicBlock", "CosineClassifier", "TauNormClassifier", "LWSClassifier",
 ]

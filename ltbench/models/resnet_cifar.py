@@ -1,4 +1,4 @@
-"""CIFAR ResNets: ResNet-32 with option-A shortcuts (SPEC §2) and a CIFAR-style ResNet-18 (SPEC §8).
+"""CIFAR ResNets: ResNet-32 with option-A shortcuts (docs/methods.md §2) and a CIFAR-style ResNet-18 (docs/methods.md §8).
 
 Models expose the timm-style split used throughout ltbench:
 ``forward_features(x) -> [N, C_f, H, W]`` (last feature map, before pooling),
@@ -112,10 +112,10 @@ class CifarResNet(nn.Module):
 
 
 def resnet32(num_classes: int = 10) -> CifarResNet:
-    """ResNet-32 of SPEC §2: 16 -> 3 stages x 5 blocks (16/32/64), option-A shortcuts, ~0.46 M params."""
+    """ResNet-32 of docs/methods.md §2: 16 -> 3 stages x 5 blocks (16/32/64), option-A shortcuts, ~0.46 M params."""
     return CifarResNet([5, 5, 5], [16, 32, 64], num_classes, shortcut="A")
 
 
 def resnet18_cifar(num_classes: int = 10) -> CifarResNet:
-    """CIFAR-style ResNet-18 (3x3 stem, no max-pool, 64/128/256/512, projection shortcuts), SPEC §8."""
+    """CIFAR-style ResNet-18 (3x3 stem, no max-pool, 64/128/256/512, projection shortcuts), docs/methods.md §8."""
     return CifarResNet([2, 2, 2, 2], [64, 128, 256, 512], num_classes, shortcut="B")

@@ -1,0 +1,407 @@
+"""Experiments: for each notebook, the runs it needs as a function of its parameters.
+
+One module per paper (notebook). Each has ``NOTEBOOK`` (the notebook's file stem) and
+``runs(**parameters) -> List[PlannedRun]``: every training run the notebook renders, as
+:class:`~ltbench.runs.RunSpec` objects with the labels its tables use and a priority tier:
+
+- tier 0: the baselines every notebook shares (CE at each imbalance ratio);
+- tier 1: runs that fill a published cell (a row of ``ltbench.published`` with a number for the
+  run's dataset and imbalance ratio);
+- tier 2: everything else (grids, sweeps, ablations).
+
+``runs`` can be called without executing the notebook: ``python -m ltbench plan`` enumerates a
+profile's runs from the notebooks' ``parameters`` cells and the profile's overrides
+(:func:`notebook_parameters`, :mod:`ltbench.executor`). A notebook calls the same function,
+then :func:`materialize` (finished runs are loaded from the store, missing ones trained through
+:func:`ltbench.runs.run`), then renders.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..config import TrainConfig
+from ..data import DataNotFoundError, build_long_tailed
+from ..engine import TrainResult
+from ..io import atomic_write_json
+from ..runs import ExecOptions, RunSpec, RunStore, run
+
+__all__ = [
+    "PlannedRun", "EXPERIMENTS", "experiment", "tier_for", "materialize", "select", "notebook_parameters",
+    "runs_for_notebook", "MANIFEST", "TIERS", "is_baseline", "dedupe", "base_config", "check_datasets",
+    "results_frame", "summary_frame", "planned", "write_manifest", "choose",
+]
+
+#: Priority tiers, most valuable first.
+TIERS = (0, 1, 2)
+#: The file a notebook's :func:`materialize` writes into its ``out_dir``: label -> run key, for the report.
+MANIFEST = "runs.json"
+
+#: Notebook stem -> module of this package.
+EXPERIMENTS: Dict[str, str] = {
+    "01_long_tailed_cifar": "long_tailed_cifar",
+    "02_focal_and_balanced_ce": "focal_and_balanced_ce",
+    "03_class_balanced_loss": "class_balanced_loss",
+    "04_bbn_and_two_stage": "bbn_and_two_stage",
+    "05_equalization_losses": "equalization_losses",
+    "06_feature_space_augmentation": "feature_space_augmentation",
+    "07_ohem": "ohem",
+}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run a notebook renders: its spec, its label in the notebook's tables and its tier.
+
+    ``published_method`` names a row of :mod:`ltbench.published`; ``tags`` are extra labels the
+    notebook selects by (``section``, ``representation``, ``variant``, ...).
+    """
+
+    spec: RunSpec
+    label: str
+    tier: int
+    notebook: str
+    paper: str
+    table: str
+    published_method: Optional[str] = None
+    tags: Tuple[Tuple[str, Any], ...] = ()
+
+    def meta(self) -> Dict[str, Any]:
+        """The labels a materialised result carries in ``result.meta``."""
+        return {"notebook": self.notebook, "paper": self.paper, "table": self.table, "method": self.label,
+                "published_method": self.published_method, "tier": self.tier, "key": self.spec.key,
+                "run": self.spec.method, **dict(self.tags)}
+
+
+def is_baseline(spec: RunSpec) -> bool:
+    """The CE baseline: a plain joint ResNet-32 run with CE, instance sampling, no deferred switch."""
+    c = spec.config
+    return (spec.method == "joint" and c.get("loss") == "ce" and c.get("sampler") == "instance"
+            and c.get("drw_epoch") is None and c.get("drs_epoch") is None and c.get("classifier") == "linear"
+            and c.get("model") == "resnet32")
+
+
+def tier_for(spec: RunSpec, published_method: Optional[str]) -> int:
+    """0 for the CE baseline, 1 when ``published_method`` has a number at the run's dataset and
+    imbalance ratio, else 2."""
+    if is_baseline(spec):
+        return 0
+    if published_method:
+        from ..published import published
+
+        c = spec.config
+        if published(published_method, c["dataset"], c["imbalance_ratio"]) is not None:
+            return 1
+    return 2
+
+
+def planned(spec: RunSpec, label: str, notebook: str, paper: str, table: str,
+            published_method: Optional[str] = None, tier: Optional[int] = None, **tags: Any) -> PlannedRun:
+    """A :class:`PlannedRun` with its tier from :func:`tier_for` unless given."""
+    return PlannedRun(spec, label, tier_for(spec, published_method) if tier is None else tier, notebook, paper, table,
+                      published_method, tuple(sorted(tags.items())))
+
+
+def experiment(stem: str) -> Any:
+    """The experiment module of notebook ``stem`` (ValueError naming the valid stems)."""
+    if stem not in EXPERIMENTS:
+        raise ValueError(f"unknown notebook: {stem!r}; valid: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"{__name__}.{EXPERIMENTS[stem]}")
+
+
+def dedupe(runs: Iterable[PlannedRun]) -> List[PlannedRun]:
+    """Planned runs with each (label, spec) once, in first-seen order."""
+    seen, out = set(), []
+    for r in runs:
+        k = (r.label, r.spec.key, r.tags)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook parameters without executing the notebook
+
+
+def notebook_parameters(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The assignments of a notebook's ``parameters`` cell, evaluated as Python literals.
+
+    The cell must hold plain literals (``x = [1, 2]``, ``y = None``): anything else raises a
+    ValueError naming the line, since papermill, ``plan`` and readers all rely on it.
+    """
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path} must have exactly one cell tagged 'parameters', found {len(cells)}")
+    source = "".join(cells[0]["source"])
+    out: Dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"{path.name}: the parameters cell may only assign names, got line {node.lineno}: "
+                             f"{ast.get_source_segment(source, node)!r}")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(f"{path.name}: parameter {node.targets[0].id} must be a plain literal, got "
+                             f"{ast.get_source_segment(source, node.value)!r}") from None
+    return out
+
+
+def runs_for_notebook(stem: str, parameters: Mapping[str, Any]) -> List[PlannedRun]:
+    """The planned runs of notebook ``stem`` with ``parameters`` (unused keys are ignored)."""
+    mod = experiment(stem)
+    sig = inspect.signature(mod.runs)
+    kwargs = {k: v for k, v in parameters.items() if k in sig.parameters}
+    return mod.runs(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Materialising runs for a notebook
+
+
+def materialize(runs: Sequence[PlannedRun], store: Union[RunStore, str, os.PathLike], out_dir: Optional[Union[str, os.PathLike]] = None,
+                device: str = "auto", data_root: Optional[str] = None, progress: Union[bool, str] = "auto",
+                weights: Iterable[RunSpec] = ()) -> List[TrainResult]:
+    """The results of ``runs`` in order, each with its labels in ``result.meta``.
+
+    Finished runs are loaded from ``store``; missing ones are trained through
+    :func:`ltbench.runs.run` (shared runs once). ``weights``: specs whose last-epoch checkpoint the
+    notebook loads (analyses), rebuilt if missing. With ``out_dir`` the notebook's manifest
+    (``runs.json``: label, tier, tags and run key of every run) is written there for the report.
+    """
+    store = RunStore(store)
+    options = ExecOptions(device=device, data_root=data_root, progress=progress)
+    cache: Dict[str, TrainResult] = {}
+    need_weights = {s.key for s in weights}
+    out: List[TrainResult] = []
+    for r in runs:
+        key = r.spec.key
+        if key not in cache:
+            cache[key] = run(r.spec, store, options, require_weights=key in need_weights)
+        out.append(dataclasses.replace(cache[key], meta={**cache[key].meta, **r.meta()}))
+    for s in weights:
+        if s.key not in cache:
+            run(s, store, options, require_weights=True)
+    if out_dir is not None:
+        write_manifest(runs, store, out_dir)
+    return out
+
+
+def write_manifest(runs: Sequence[PlannedRun], store: RunStore, out_dir: Union[str, os.PathLike]) -> Path:
+    """``out_dir/runs.json``: the notebook's runs with their labels and the run folder relative
+    to ``out_dir`` (so a moved results folder keeps working)."""
+    out = Path(out_dir)
+    rows = []
+    for r in runs:
+        rel = os.path.relpath(store.folder(r.spec).resolve(), out.resolve())
+        rows.append({"label": r.label, "key": r.spec.key, "method": r.spec.method, "tier": r.tier,
+                     "notebook": r.notebook, "paper": r.paper, "table": r.table,
+                     "published_method": r.published_method, "tags": dict(r.tags), "run_dir": Path(rel).as_posix()})
+    return atomic_write_json(out / MANIFEST, {"schema": 1, "runs": rows})
+
+
+def select(results: Sequence[TrainResult], **labels: Any) -> List[TrainResult]:
+    """The results whose ``meta`` (or config) matches every ``labels`` item, e.g.
+    ``select(results, section="grid", dataset="cifar10")``."""
+    def value(r: TrainResult, k: str) -> Any:
+        if k in r.meta:
+            return r.meta[k]
+        if k == "IR":
+            return float(r.config["imbalance_ratio"])
+        return r.config.get(k)
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return float(a) == float(b)
+        return a == b
+
+    return [r for r in results if all(same(value(r, k), v) for k, v in labels.items())]
+
+
+def common_config(dataset: str, imbalance_ratio: float, seed: int, epochs: int, n_max: Optional[int],
+                  test_per_class: Optional[int], batch_size: int, eval_every: int, **overrides: Any) -> TrainConfig:
+    """The notebooks' shared recipe: :func:`base_config` with their parameters."""
+    return base_config(dataset, imbalance_ratio, seed, epochs=epochs, n_max=n_max, test_per_class=test_per_class,
+                       batch_size=batch_size, eval_every=eval_every, **overrides)
+
+
+def choose(methods: Mapping[str, Any], chosen: Optional[Sequence[str]], name: str = "methods") -> Dict[str, Any]:
+    """The entries of ``methods`` named in ``chosen`` (all when None), in ``methods``' order;
+    a ValueError naming unknown ones."""
+    check_choice(name, chosen, methods)
+    return {k: v for k, v in methods.items() if chosen is None or k in chosen}
+
+
+def check_choice(name: str, chosen: Optional[Sequence[str]], valid: Iterable[str]) -> None:
+    """Raise a ValueError naming ``name``, the unknown values and the valid ones."""
+    valid = list(valid)
+    unknown = sorted(set(chosen or []) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; valid: {valid}")
+
+
+def grid(datasets: Sequence[str], imbalance_ratios: Sequence[float], seeds: Sequence[int]) -> List[Tuple[str, float, int]]:
+    """(dataset, IR, seed) in the notebooks' loop order."""
+    for name, v in (("datasets", datasets), ("imbalance_ratios", imbalance_ratios), ("seeds", seeds)):
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+            raise ValueError(f"{name}={v!r}: must be a list")
+    return [(ds, ir, seed) for ds in datasets for ir in imbalance_ratios for seed in seeds]
+
+
+def label_runs(methods: Mapping[str, Mapping[str, Any]], datasets: Sequence[str], imbalance_ratios: Sequence[float],
+               seeds: Sequence[int], recipe: Mapping[str, Any], notebook: str, paper: str, table: str,
+               published_rows: Optional[Mapping[str, Optional[str]]] = None, **tags: Any) -> List[PlannedRun]:
+    """Joint runs of ``methods`` (label -> TrainConfig overrides) at every (dataset, IR, seed)."""
+    from ..methods import joint_spec
+
+    published_rows = published_rows or {}
+    out = []
+    for label, overrides in methods.items():
+        for ds, ir, seed in grid(datasets, imbalance_ratios, seeds):
+            spec = joint_spec(common_config(ds, ir, seed, **recipe, **dict(overrides)))
+            out.append(planned(spec, label, notebook, paper, table, published_rows.get(label), **tags))
+    return out
+
+
+RECIPE_KEYS = ("epochs", "n_max", "test_per_class", "batch_size", "eval_every")
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe and result tables
+
+def check_datasets(datasets: Sequence[str], data_root: Optional[str] = None, **options: Any) -> Tuple[List[str], Dict[str, str]]:
+    """Split ``datasets`` into those whose data is present and those skipped (with the reason).
+
+    Only a missing dataset is skipped (e.g. CIFAR-100 on a machine without it); any other error,
+    such as an unknown name, is raised.
+    """
+    ok: List[str] = []
+    skipped: Dict[str, str] = {}
+    for name in datasets:
+        try:
+            build_long_tailed(name, 1, root=data_root, download=False, **options.get(name, {}))
+            ok.append(name)
+        except DataNotFoundError as exc:
+            skipped[name] = str(exc)
+    return ok, skipped
+
+
+def base_config(
+    dataset: str,
+    imbalance_ratio: float,
+    seed: int = 0,
+    epochs: int = 200,
+    n_max: Optional[int] = None,
+    test_per_class: Optional[int] = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    data_root: Optional[str] = None,
+    val_per_class: Any = "auto",
+    **overrides: Any,
+) -> TrainConfig:
+    """docs/methods.md §2's recipe for ``dataset``-LT at ``imbalance_ratio`` with a notebook's common parameters.
+
+    Short schedules (``epochs < 200``) keep the recipe's shape: warm-up is a tenth of the epochs
+    (at least 1, at most SPEC's 5) and the step milestones scale with the length (see
+    :mod:`ltbench.schedules`). Unless ``lr`` is given, the base lr follows the linear scaling
+    rule from SPEC's 0.1 at batch 128: ``lr = 0.1 * batch_size / 128`` (Goyal et al. 2017), so a
+    smaller CPU batch keeps the recipe's lr per sample. ``val_per_class="auto"``: a balanced
+    validation split of 100 unused training images per class where every class has that many
+    (CIFAR-10-LT), else none (CIFAR-100-LT's head classes use all their images): model selection
+    (best epoch, tau) without the test set.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
+    warmup = min(5, max(1, epochs // 10))
+    if val_per_class == "auto":
+        val_per_class = auto_val_per_class(dataset, float(imbalance_ratio), n_max)
+    overrides.setdefault("lr", 0.1 * batch_size / 128)
+    data_options: Dict[str, Any] = {}
+    if dataset == "synthetic":
+        data_options = {"n_train_per_class": n_max or 100, "n_test_per_class": test_per_class or 20}
+    fields = dict(dataset=dataset, imbalance_ratio=float(imbalance_ratio), seed=seed, epochs=epochs, n_max=n_max,
+                  test_per_class=test_per_class, val_per_class=val_per_class, batch_size=batch_size, device=device, data_root=data_root,
+                  warmup_epochs=warmup, data_options=data_options,
+                  checkpoint_every=max(1, min(10, epochs)))
+    for key in ("drw_epoch", "drs_epoch"):  # given as a fraction of training (0.8 = SPEC's epoch 160 of 200)
+        frac = overrides.get(key)
+        if isinstance(frac, float):
+            if not 0.0 <= frac < 1.0:
+                raise ValueError(f"{key}={frac!r}: a fraction of training must be in [0, 1) (0.8 = epoch 160 of 200)")
+            # Kept inside the run so that a very short schedule still has its re-balanced last epoch.
+            overrides[key] = min(int(round(frac * epochs)), epochs - 1)
+    fields.update(overrides)
+    return TrainConfig(**fields).validate()
+
+
+#: Validation images per class that base_config draws where the data allows it.
+VAL_PER_CLASS = 100
+
+
+def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int]) -> Optional[int]:
+    """:data:`VAL_PER_CLASS` if every class of ``dataset``-LT leaves that many training images
+    unused (CIFAR-10-LT at any IR; CIFAR-100-LT never: its class 0 keeps all 500), else None."""
+    from ..data import DEFAULT_N_MAX, NUM_CLASSES
+    from ..data.counts import long_tailed_counts
+
+    if dataset not in NUM_CLASSES:
+        return None
+    avail = DEFAULT_N_MAX[dataset]
+    counts = long_tailed_counts(n_max or avail, NUM_CLASSES[dataset], imbalance_ratio)
+    return VAL_PER_CLASS if avail - max(counts) >= VAL_PER_CLASS else None
+
+
+def results_frame(results: Iterable[TrainResult]) -> "Any":
+    """One row per run: method, dataset, IR, seed, last/best top-1, many/medium/few, ECE, published."""
+    import pandas as pd
+
+    from ..published import published
+
+    rows = []
+    for r in results:
+        row = r.meta.get("published_method")
+        ds, ir = r.config["dataset"], r.config["imbalance_ratio"]
+        rows.append({
+            "method": r.meta.get("method"), "dataset": ds, "IR": int(ir) if float(ir).is_integer() else ir, "seed": r.config["seed"],
+            "top1_last": r.last.top1, "top1_best": r.best_top1, "best_epoch": r.best_epoch,
+            "top1_at_best_val": r.val.get("top1_at_best_val"), "best_epoch_val": r.val.get("best_epoch_val"),
+            "many": r.last.many, "medium": r.last.medium, "few": r.last.few, "ece": r.last.ece,
+            "published": published(row, ds, ir) if row else None, "train_s": r.train_seconds,
+        })
+    return pd.DataFrame(rows)
+
+
+def summary_frame(df: "Any") -> "Any":
+    """Mean ± std over seeds per (method, dataset, IR), with the published value and the difference."""
+    import pandas as pd
+
+    def pm(s: "pd.Series") -> str:
+        s = s.dropna()
+        if s.empty:
+            return "-"
+        return f"{s.mean():.2f}" if len(s) == 1 else f"{s.mean():.2f} ± {s.std(ddof=1):.2f}"
+
+    out = []
+    for (method, ds, ir), g in df.groupby(["method", "dataset", "IR"], sort=False):
+        pub = g["published"].iloc[0]
+        pub = None if pub is None or (isinstance(pub, float) and math.isnan(pub)) else float(pub)
+        last = g["top1_last"].mean()
+        out.append({
+            "method": method, "dataset": ds, "IR": ir, "seeds": len(g),
+            "top1 last": pm(g["top1_last"]), "top1 at val-best epoch": pm(g["top1_at_best_val"]),
+            "top1 best (test-picked)": pm(g["top1_best"]),
+            "many": pm(g["many"]), "medium": pm(g["medium"]), "few": pm(g["few"]), "ECE": pm(g["ece"]),
+            "published": "-" if pub is None else f"{pub:.2f}",
+            "last - published": "-" if pub is None else f"{last - pub:+.2f}",
+        })
+    return pd.DataFrame(out)
