@@ -26,7 +26,6 @@ import math
 import numbers
 import os
 import re
-import subprocess
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -457,23 +456,15 @@ def _profile_sort(names: Iterable[str]) -> List[str]:
 
 
 def code_version() -> Dict[str, Any]:
-    """The code that writes this report: ltbench's version and, in a git checkout, the commit
-    (``git rev-parse --short HEAD``) and whether tracked files have uncommitted changes."""
-    from ltbench import __version__
+    """The code that writes this report: ltbench's version, and in a git checkout the commit and
+    whether tracked files outside ``results/`` have uncommitted changes (:func:`ltbench.runs.code_version`)."""
+    from ltbench.runs import code_version as run_code_version
 
-    repo = Path(__file__).resolve().parent.parent
-    out: Dict[str, Any] = {"version": __version__, "commit": None, "dirty": None}
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode == 0 and commit.stdout.strip():
-            out["commit"] = commit.stdout.strip()
-            status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10)
-            out["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
+    v = run_code_version()
+    commit = v.get("commit")
+    if not commit or commit == "unknown":
+        return {"version": v["ltbench"], "commit": None, "dirty": None}
+    return {"version": v["ltbench"], "commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty")}
 
 
 def _version_text(v: Dict[str, Any]) -> str:

@@ -431,8 +431,9 @@ _CODE_VERSION: Optional[Dict[str, Any]] = None
 
 def code_version() -> Dict[str, Any]:
     """The code that trains: ltbench's version and the git commit of its checkout (``+dirty`` with
-    uncommitted changes), or ``$LTBENCH_COMMIT`` where the checkout has no ``.git`` (a device
-    machine gets it from ``make carry``). Computed once per process."""
+    uncommitted changes to tracked files outside ``results/``, which holds outputs, not code), or
+    ``$LTBENCH_COMMIT`` where the checkout has no ``.git`` (a device machine gets it from
+    ``make carry``). Computed once per process."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
         import subprocess
@@ -446,8 +447,8 @@ def code_version() -> Dict[str, Any]:
                 git = ["git", "-C", str(repo)]
                 commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                                         timeout=10, check=True).stdout.strip() or None
-                dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                       text=True, timeout=10).stdout.strip()
+                dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                        ":(exclude)results"], capture_output=True, text=True, timeout=10).stdout.strip()
                 if commit and dirty:
                     commit += "+dirty"
             except (OSError, subprocess.SubprocessError):
