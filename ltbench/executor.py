@@ -114,7 +114,7 @@ def collect(profile: str, seeds: Optional[int] = None, only: Optional[Iterable[s
     """Notebook stem -> its planned runs under ``profile``, from the notebook's ``parameters``
     cell, the profile's overrides and ``overrides`` (``name`` or ``"<notebook>:name"``, as for
     ``ltbench run``). ``seeds=N`` means ``seeds=list(range(N))``."""
-    from .runner import ConfigError, _split_overrides, select_notebooks
+    from .runner import ConfigError, _split_overrides, outside_clone_hint, select_notebooks
 
     try:
         check_profile(profile)
@@ -123,7 +123,8 @@ def collect(profile: str, seeds: Optional[int] = None, only: Optional[Iterable[s
     nb_dir = Path(notebooks_dir)
     available = [s for s in EXPERIMENTS if (nb_dir / f"{s}.ipynb").is_file()]
     if not available:
-        raise ConfigError(f"no notebooks of the project found in {nb_dir} (expected {', '.join(EXPERIMENTS)})")
+        raise ConfigError(f"no notebooks of the project found in {nb_dir} (expected {', '.join(EXPERIMENTS)})"
+                          + outside_clone_hint(nb_dir, "notebooks"))
     stems = select_notebooks(available, only)
     common, scoped = _split_overrides(dict(overrides or {}), available)
     if seeds is not None:
@@ -405,6 +406,8 @@ def execute(profile: str, results_dir: Union[str, os.PathLike] = "results", tier
     say(f"execute: {len(todo)} runs to train ({sum(e.cost or 0 for e in todo) / 1e6:.2f} M image-passes) with "
         f"{workers} worker(s)" + (f", deadline in {deadline:g} s" if deadline else ""), flush=True)
     multi = workers > 1
+    if progress == "auto":  # a bar on a terminal; else only the [i/n] line below, not run()'s own as well
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     opts = ExecOptions(device=device, data_root=data_root, compile=compile, deadline=stop_at,
                        progress=False if multi else progress, fast=fast)
     per_worker = threads or (max(1, (os.cpu_count() or 1) // workers) if multi else None)

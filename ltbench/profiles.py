@@ -11,14 +11,21 @@ obviously wrong types) with ``papermill.inspect_notebook`` before executing anyt
 
 Profiles:
 
+* ``quick``: the notebooks' own defaults (each ``parameters`` cell holds exactly these values, a
+  test checks it) and the default of ``make reproduce``: CPU-feasible, the whole collection in at
+  most 30 minutes on 2 cores, a few minutes per notebook run top to bottom. 8 epochs on a tenth of
+  CIFAR-10-LT IR100 (n_max 500), so accuracies are far below the published ones (mostly head
+  classes are learnt); the report says so. It shows the pipeline end to end on real data; the
+  numbers to compare with papers come from ``paper``.
+* ``paper``: the papers' recipe (docs/methods.md §2: 200 epochs, batch 128, full CIFAR-LT, IR
+  100/50/10 on CIFAR-10 and CIFAR-100, 3 seeds). Needs a GPU.
 * ``smoke``: seconds per notebook on CPU, on a tiny subset; only proves the pipeline runs (tests,
   CI). Its numbers mean nothing.
-* ``quick``: CPU-feasible (the whole collection in at most 30 minutes on 2 cores); the default of
-  ``make reproduce``. 8 epochs on a tenth of CIFAR-10-LT IR100 (n_max 500), so accuracies are far
-  below the published ones (mostly head classes are learnt); the report says so. It shows the
-  pipeline end to end on real data; the numbers to compare with papers come from ``paper``.
-* ``paper``: the papers' recipe (docs/methods.md §2: 200 epochs, batch 128, full CIFAR-LT, IR 100/50/10 on
-  CIFAR-10 and CIFAR-100, 3 seeds). Needs a GPU.
+
+A notebook executed with only ``profile`` changed (``papermill nb.ipynb out.ipynb -p profile
+paper``) swaps its defaults for that profile's values itself (:func:`apply_profile`); the runner
+sets every value explicitly and passes ``fill_from_profile=False``. So every key a profile sets
+for a notebook is also listed, with the notebook's default, under ``quick`` (a test checks it).
 
 Parameters used below (the notebook author finalises values and may add keys):
 
@@ -35,10 +42,10 @@ Parameters used below (the notebook author finalises values and may add keys):
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, MutableMapping, Optional
 
 #: Parameters every notebook's ``parameters`` cell has (the notebook contract).
-COMMON_PARAMETERS = ("profile", "out_dir", "store_dir", "data_root", "device", "seeds")
+COMMON_PARAMETERS = ("profile", "fill_from_profile", "out_dir", "store_dir", "data_root", "device", "seeds")
 
 #: The notebooks of the project, by file stem (``notebooks/<stem>.ipynb``).
 NOTEBOOKS = (
@@ -62,6 +69,7 @@ _SMOKE = {
     "n_max": 50,  # IR10 -> 50 ... 5 images per class, 181 in all
     "test_per_class": 10,
     "batch_size": 32,
+    "eval_every": 1,
 }
 _QUICK = {
     "epochs": 8,
@@ -80,6 +88,7 @@ _PAPER = {
     "n_max": None,  # docs/methods.md §1: 5000 (CIFAR-10) / 500 (CIFAR-100)
     "test_per_class": None,  # the full 10,000-image test set
     "batch_size": 128,
+    "eval_every": 1,  # every epoch, for the best-epoch number the papers report
 }
 
 
@@ -95,11 +104,12 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "01_long_tailed_cifar": _with(_SMOKE),
         "02_focal_and_balanced_ce": _with(_SMOKE, methods=["CE", "sigmoid focal gamma 1"]),
         "03_class_balanced_loss": _with(_SMOKE, methods=["softmax", "CB focal beta 0.9999 gamma 1"]),
-        "04_bbn_and_two_stage": _with(_SMOKE),
+        "04_bbn_and_two_stage": _with(_SMOKE, crt_epochs=None, lws_epochs=None, ablation_samplers=None,
+                                      ablation_adaptors=None),
         "05_equalization_losses": _with(_SMOKE, methods=["Sigmoid-EQL", "Softmax-EQL", "EFL"]),
-        # FSA phase II and cRT shortened to a few steps (06's parameters cell has the paper values).
+        # FSA phase II and cRT shortened to a few steps.
         "06_feature_space_augmentation": _with(_SMOKE, fsa_iterations=4, fsa_batch_size=32, crt_epochs=1),
-        "07_ohem": _with(_SMOKE),
+        "07_ohem": _with(_SMOKE, keep_ratios=[0.25, 0.5, 0.7]),
     },
     "quick": {
         "*": {"device": "auto", "seeds": [0]},
@@ -118,19 +128,23 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "05_equalization_losses": _with(_QUICK, methods=["sigmoid CE", "Sigmoid-EQL", "CE", "Softmax-EQL",
                                                          "sigmoid focal gamma 2 alpha 0.25", "EFL"]),
         # FSA phase II and cRT scaled down with phase I (paper: 6,400 iterations, 30 cRT epochs after 200 epochs).
-        "06_feature_space_augmentation": _with(_QUICK, fsa_iterations=100, crt_epochs=4),
+        "06_feature_space_augmentation": _with(_QUICK, backbones=["resnet32"], fsa_iterations=100, fsa_batch_size=128,
+                                               crt_epochs=4),
         "07_ohem": _with(_QUICK, keep_ratios=[0.25, 0.5]),
     },
     "paper": {
         "*": {"device": "auto", "seeds": [0, 1, 2]},
+        # methods / ablations / stage-2 epochs None: every method and the recipe's own stage-2 length.
         "01_long_tailed_cifar": _with(_PAPER),
-        "02_focal_and_balanced_ce": _with(_PAPER),
-        "03_class_balanced_loss": _with(_PAPER),
-        "04_bbn_and_two_stage": _with(_PAPER),
-        "05_equalization_losses": _with(_PAPER),
+        "02_focal_and_balanced_ce": _with(_PAPER, methods=None),
+        "03_class_balanced_loss": _with(_PAPER, methods=None),
+        "04_bbn_and_two_stage": _with(_PAPER, crt_epochs=None, lws_epochs=None, ablation_samplers=None,
+                                      ablation_adaptors=None),
+        "05_equalization_losses": _with(_PAPER, methods=None),
         # ResNet-18 too: the FSA paper's CIFAR table is compared only with a matching backbone (docs/methods.md §8).
-        "06_feature_space_augmentation": _with(_PAPER, backbones=["resnet32", "resnet18_cifar"]),
-        "07_ohem": _with(_PAPER),
+        "06_feature_space_augmentation": _with(_PAPER, backbones=["resnet32", "resnet18_cifar"], fsa_iterations=6400,
+                                               crt_epochs=30),
+        "07_ohem": _with(_PAPER, keep_ratios=[0.25, 0.5, 0.7]),
     },
 }
 
@@ -164,3 +178,40 @@ def resolve_overrides(
     if extra:
         out.update(copy.deepcopy(dict(extra)))
     return out
+
+
+def apply_profile(notebook: str, namespace: MutableMapping[str, Any]) -> Dict[str, Any]:
+    """Swap a notebook's defaults for the values of ``namespace["profile"]``, in place.
+
+    A notebook's ``parameters`` cell holds the ``quick`` profile's values; this lets
+    ``papermill nb.ipynb out.ipynb -p profile paper`` run the paper's recipe with one parameter.
+    A parameter still at its quick default takes the profile's value; one that differs from it was
+    set by the caller and is kept (so pass the quick value itself only together with
+    ``fill_from_profile=False``). Does nothing when ``namespace["fill_from_profile"]`` is false (the
+    runner resolves profiles itself). Prints what it changed and returns it.
+    """
+    if not namespace.get("fill_from_profile", True):
+        return {}
+    profile = namespace.get("profile")
+    check_profile(profile)
+    defaults = resolve_overrides("quick", notebook)
+    wanted = resolve_overrides(profile, notebook)
+    changed: Dict[str, Any] = {}
+    kept = []
+    for name, value in wanted.items():
+        if name not in namespace:
+            raise KeyError(f"profile {profile!r} sets {name!r}, which is not a parameter of notebook {notebook}")
+        current = namespace[name]
+        if current == value:
+            continue
+        if name in defaults and current == defaults[name]:
+            namespace[name] = copy.deepcopy(value)
+            changed[name] = value
+        else:
+            kept.append(f"{name}={current!r}")
+    if changed or kept:
+        parts = [f"profile {profile!r}: " + (", ".join(f"{k}={v!r}" for k, v in changed.items()) or "nothing changed")]
+        if kept:
+            parts.append("kept as given: " + ", ".join(kept))
+        print("; ".join(parts))
+    return changed

@@ -100,11 +100,25 @@ class _Planned:
 # Discovery and selection
 
 
+def outside_clone_hint(path: os.PathLike | str, what: str) -> str:
+    """Why ``path`` may be missing when ltbench runs outside its repository, and what to do.
+
+    The notebooks and configs are files of the repository, not of the installed package (a wheel
+    holds the library only); ``""`` when ``path`` is absolute or the current folder is a clone.
+    """
+    path = Path(path)
+    if path.is_absolute() or (Path("notebooks").is_dir() and Path("ltbench").is_dir()):
+        return ""
+    flag = {"notebooks": "--notebooks DIR", "configs": "--config PATH"}.get(what, "its path")
+    return (f" (relative to {Path.cwd()}). The {what} are part of the ltbench repository, not of the "
+            f"installed package: run this from the root of a clone of the repository, or give {flag}.")
+
+
 def discover_notebooks(notebooks_dir: os.PathLike | str) -> Dict[str, Path]:
     """``{stem: path}`` of the ``*.ipynb`` files in ``notebooks_dir`` (not hidden, not ``_*``)."""
     root = Path(notebooks_dir)
     if not root.is_dir():
-        raise ConfigError(f"notebooks folder not found: {root}")
+        raise ConfigError(f"notebooks folder not found: {root}{outside_clone_hint(root, 'notebooks')}")
     return {
         p.stem: p
         for p in sorted(root.glob("*.ipynb"))
@@ -231,6 +245,16 @@ def _element_problem(value: Sequence[Any], default: Sequence[Any]) -> Optional[s
     else:
         return None
     return f"elements should be {kind}, got {bad!r}" if bad else None
+
+
+def _declares(path: Path, name: str) -> bool:
+    """Whether the notebook's ``parameters`` cell assigns ``name`` (False if it cannot be read)."""
+    import papermill as pm
+
+    try:
+        return name in (pm.inspect_notebook(str(path)) or {})
+    except Exception:  # noqa: BLE001 - check_parameters reports an unreadable notebook
+        return False
 
 
 def check_parameters(
@@ -559,6 +583,8 @@ def plan_runs(
         extra = {**extra_common, **scoped.get(stem, {})}
         params = resolve_overrides(profile, stem, extra)
         params["profile"] = profile
+        if _declares(available[stem], "fill_from_profile"):
+            params["fill_from_profile"] = False  # resolved here, overrides included: the notebook must not redo it
         run_dir = out_root / stem
         params["out_dir"] = _kernel_path(run_dir, available[stem].parent)
         params["store_dir"] = _kernel_path(out_root, available[stem].parent)

@@ -252,7 +252,10 @@ def read_config_file(path: str | os.PathLike) -> Dict[str, Any]:
     """A config file as a dict: ``.toml`` (``tomllib``) or ``.json``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: --config {str(path)!r}")
+        from .runner import outside_clone_hint
+
+        hint = outside_clone_hint(path, "configs") if path.parts[:1] == ("configs",) else ""
+        raise FileNotFoundError(f"config file not found: --config {str(path)!r}{hint}")
     suffix = path.suffix.lower()
     readers = {".toml": _read_toml, ".json": lambda p: json.loads(p.read_text())}
     if suffix not in readers:

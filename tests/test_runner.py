@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_fixture_notebook
+from conftest import ROOT, copy_fixture_notebook
 from ltbench import profiles, runner
 from ltbench.__main__ import main
 
@@ -239,3 +239,24 @@ def test_dead_kernel_is_reported(nbdir: Path, tmp_path: Path) -> None:
     assert "DEAD KERNEL" in (results / "smoke" / "03_dies" / runner.LOG).read_text()
     assert "dead-kernel" in runner.format_summary([st])
     assert runner.exit_code([st]) == 1
+
+
+def test_outside_a_clone_the_error_says_where_notebooks_and_configs_come_from(tmp_path, monkeypatch):
+    """From a wheel install, `ltbench run` / `plan` / `ltbench.train` outside a clone say how to get the files."""
+    from ltbench import executor
+    from ltbench.runner import ConfigError, discover_notebooks
+    from ltbench.train import read_config_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"notebooks folder not found: notebooks \(relative to .*clone of the "
+                                          r"repository, or give --notebooks DIR"):
+        discover_notebooks("notebooks")
+    with pytest.raises(ConfigError, match=r"no notebooks of the project.*not of the installed package"):
+        executor.plan("smoke", tmp_path / "results", notebooks_dir="notebooks")
+    with pytest.raises(FileNotFoundError, match=r"configs are part of the ltbench repository.*--config PATH"):
+        read_config_file("configs/cifar10_ir100_ce.toml")
+    # inside a clone a missing file is just missing
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(FileNotFoundError) as err:
+        read_config_file("configs/no_such_config.toml")
+    assert "installed package" not in str(err.value)

@@ -12,7 +12,7 @@ from ltbench.runner import FAILED, ConfigError, run_notebooks
 def _notebook(path, body):
     cells = [
         {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
-         "source": 'profile = "interactive"\nout_dir = "out"\nstore_dir = "store"\ndata_root = None\n'
+         "source": 'profile = "interactive"\nfill_from_profile = True\nout_dir = "out"\nstore_dir = "store"\ndata_root = None\n'
                    'device = "auto"\nseeds = [0]'},
         {"cell_type": "code", "id": "body", "metadata": {}, "execution_count": None, "outputs": [], "source": body},
     ]
