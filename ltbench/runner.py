@@ -288,7 +288,7 @@ def check_parameters(
                 f"has the wrong type: expected {expected.__name__} "
                 f"(notebook default: {declared[key].get('default')})"
             )
-        elif expected in (list, tuple) and isinstance(default, (list, tuple)):
+        elif value is not None and expected in (list, tuple) and isinstance(default, (list, tuple)):
             why = _element_problem(value, default)
             if why:
                 problems.append(

@@ -74,6 +74,15 @@ def test_runner_tells_the_notebook_not_to_refill(tmp_path):
     assert plans[0].parameters["fill_from_profile"] is False and plans[0].parameters["epochs"] == 8
 
 
+@pytest.mark.parametrize("profile", list(profiles.PROFILES))
+def test_every_profile_passes_the_runner_checks_on_every_notebook(profile, tmp_path):
+    """A profile's value may be None where the notebook's default is a list (paper: every method)."""
+    from ltbench.runner import plan_runs
+
+    plans = plan_runs(profile, None, None, tmp_path / "results", NOTEBOOKS, None)
+    assert sorted(p.stem for p in plans) == sorted(profiles.NOTEBOOKS)
+
+
 @pytest.mark.slow
 def test_papermill_with_only_the_profile_runs_that_profile(tmp_path):
     """``papermill 01.ipynb out.ipynb -p profile smoke`` trains the smoke profile's runs, not the defaults'."""
