@@ -211,7 +211,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from ltbench.report import write_report
 
-    out = write_report(args.results)
+    try:
+        out = write_report(args.results)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{out['runs']} runs in {out['groups']} configurations")
     print(f"wrote {out['summary_csv']}\nwrote {out['readme']}")
     for paths in out["figures"].values():

@@ -660,9 +660,12 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
 
 
 def write_report(results_dir: os.PathLike | str = "results") -> Dict[str, Any]:
-    """Write ``summary.csv``, ``README.md`` and ``figures/*.png`` / ``*.pdf`` under ``results_dir``."""
+    """Write ``summary.csv``, ``README.md`` and ``figures/*.png`` / ``*.pdf`` under ``results_dir``,
+    which must exist (a mistyped path is refused rather than created with an empty report)."""
     root = Path(results_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder not found: results_dir={str(root)!r}; give the folder that "
+                                f"holds <profile>/runs/ (default: results), after `ltbench execute` or `ltbench run`")
     df, problems = collect(root)
     summary, more = summarize(df)
     problems = [*problems, *more]

@@ -265,12 +265,11 @@ class MethodRegistry:
 
     def table(self) -> List[str]:
         """One line per method: name, trainer, parameters with defaults, dependencies, description."""
-        lines = []
-        for m in self.values():
-            params = ", ".join(f"{k}={v!r}" for k, v in m.params.items()) or "-"
-            deps = ", ".join(m.deps) or "-"
-            lines.append(f"{m.name:<10} {m.trainer.__name__:<18} params: {params:<42} deps: {deps:<7} {m.description}")
-        return lines
+        rows = [(m.name, m.trainer.__name__, ", ".join(f"{k}={v!r}" for k, v in m.params.items()) or "-",
+                 ", ".join(m.deps) or "-", m.description) for m in self.values()]
+        widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+        return [f"{n:<{widths[0]}}  {t:<{widths[1]}}  params: {p:<{widths[2]}}  deps: {d:<{widths[3]}}  {desc}"
+                for n, t, p, d, desc in rows]
 
 
 #: The method registry; the built-in methods are registered by :mod:`ltbench.methods`.

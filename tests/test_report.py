@@ -181,8 +181,16 @@ def test_write_report(tree: Path) -> None:
     assert not (tree / "figures" / "stale.png").exists()
 
 
+def test_report_of_a_missing_folder_is_refused(tmp_path: Path, capsys) -> None:
+    typo = tmp_path / "resluts"
+    assert main(["report", "--results", str(typo)]) == 2
+    assert not typo.exists()
+    assert f"results folder not found: results_dir={str(typo)!r}" in capsys.readouterr().err
+
+
 def test_report_of_empty_tree(tmp_path: Path, capsys) -> None:
     root = tmp_path / "results"
+    root.mkdir()
     assert main(["report", "--results", str(root)]) == 0
     readme = (root / "README.md").read_text()
     assert "No results yet" in readme and "## Caveats" in readme
