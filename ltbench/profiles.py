@@ -190,7 +190,10 @@ def apply_profile(notebook: str, namespace: MutableMapping[str, Any]) -> Dict[st
     ``fill_from_profile=False``). Does nothing when ``namespace["fill_from_profile"]`` is false (the
     runner resolves profiles itself). Prints what it changed and returns it.
     """
-    if not namespace.get("fill_from_profile", True):
+    fill = namespace.get("fill_from_profile", True)
+    if not isinstance(fill, bool):
+        raise TypeError(f"fill_from_profile={fill!r} ({type(fill).__name__}): expected True or False")
+    if not fill:
         return {}
     profile = namespace.get("profile")
     check_profile(profile)

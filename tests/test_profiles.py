@@ -67,6 +67,13 @@ def test_apply_profile_names_an_unknown_profile():
         profiles.apply_profile("01_long_tailed_cifar", _namespace("01_long_tailed_cifar", profile="paperr"))
 
 
+def test_apply_profile_refuses_a_non_boolean_switch():
+    ns = _namespace("01_long_tailed_cifar", profile="paper", fill_from_profile="no")
+    with pytest.raises(TypeError, match=r"fill_from_profile='no' \(str\): expected True or False"):
+        profiles.apply_profile("01_long_tailed_cifar", ns)
+    assert ns["epochs"] == 8
+
+
 def test_runner_tells_the_notebook_not_to_refill(tmp_path):
     from ltbench.runner import plan_runs
 
