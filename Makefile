@@ -10,7 +10,7 @@ EXECUTE_ARGS ?=
 # ../shared/data is where this project's machines keep CIFAR-10; users set LTBENCH_DATA or use ./data.
 export LTBENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 
-.PHONY: install reproduce test report clean-results benchmark lint carry
+.PHONY: install reproduce test test-min-torch report clean-results benchmark lint carry
 
 # Every package from requirements.lock (all extras, pinned with hashes), then ltbench itself,
 # built with the locked setuptools (no download).
@@ -39,6 +39,10 @@ report: install
 test: install
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+# The suite on torch 2.11 (the oldest supported, as on the lent GPU machines) in .venv-torch2.11.0/.
+test-min-torch:
+	PYTEST_ARGS="$(PYTEST_ARGS)" bash tools/test_min_torch.sh
 
 benchmark: install
 	$(PY) benchmarks/throughput.py

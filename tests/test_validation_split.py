@@ -41,6 +41,15 @@ def test_auto_validation_split_where_the_data_allows_it():
     assert auto_val_per_class("cifar100", 100.0, None) is None       # CIFAR-100-LT: class 0 uses all 500
     assert base_config("cifar10", 100, n_max=500).val_per_class == 100
     assert base_config("cifar10", 100).val_per_class is None
+    # A balanced test subset caps the split: the quick profile (100 test images a class) keeps 100,
+    # the smoke profile (10) evaluates 10 a class, not ten times its test set.
+    assert auto_val_per_class("cifar10", 100.0, 500, test_per_class=100) == 100
+    assert auto_val_per_class("cifar10", 10.0, 50, test_per_class=10) == 10
+    assert auto_val_per_class("cifar10", 10.0, 50, test_per_class=1000) == 100
+    assert auto_val_per_class("cifar10", 100.0, None, test_per_class=10) is None  # still no unused head image
+    assert base_config("cifar10", 100, n_max=500, test_per_class=100).val_per_class == 100
+    assert base_config("cifar10", 10, n_max=50, test_per_class=10).val_per_class == 10
+    assert base_config("cifar10", 10, n_max=50, test_per_class=10, val_per_class=None).val_per_class is None
 
 
 def test_select_tau_uses_the_validation_top1_not_the_test():

@@ -318,13 +318,14 @@ def base_config(
     smaller CPU batch keeps the recipe's lr per sample. ``val_per_class="auto"``: a balanced
     validation split of 100 unused training images per class where every class has that many
     (CIFAR-10-LT), else none (CIFAR-100-LT's head classes use all their images): model selection
-    (best epoch, tau) without the test set.
+    (best epoch, tau) without the test set. A balanced test subset (``test_per_class``) caps it:
+    a split larger than the test set would cost more to evaluate than the selection is worth.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be a positive int")
     warmup = min(5, max(1, epochs // 10))
     if val_per_class == "auto":
-        val_per_class = auto_val_per_class(dataset, float(imbalance_ratio), n_max)
+        val_per_class = auto_val_per_class(dataset, float(imbalance_ratio), n_max, test_per_class)
     overrides.setdefault("lr", 0.1 * batch_size / 128)
     data_options: Dict[str, Any] = {}
     if dataset == "synthetic":
@@ -348,9 +349,11 @@ def base_config(
 VAL_PER_CLASS = 100
 
 
-def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int]) -> Optional[int]:
-    """:data:`VAL_PER_CLASS` if every class of ``dataset``-LT leaves that many training images
-    unused (CIFAR-10-LT at any IR; CIFAR-100-LT never: its class 0 keeps all 500), else None."""
+def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int],
+                       test_per_class: Optional[int] = None) -> Optional[int]:
+    """:data:`VAL_PER_CLASS` (at most ``test_per_class``, where the test set is a balanced subset)
+    if every class of ``dataset``-LT leaves that many training images unused (CIFAR-10-LT at any
+    IR; CIFAR-100-LT never: its class 0 keeps all 500), else None."""
     from ..data import DEFAULT_N_MAX, NUM_CLASSES
     from ..data.counts import long_tailed_counts
 
@@ -358,7 +361,8 @@ def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int
         return None
     avail = DEFAULT_N_MAX[dataset]
     counts = long_tailed_counts(n_max or avail, NUM_CLASSES[dataset], imbalance_ratio)
-    return VAL_PER_CLASS if avail - max(counts) >= VAL_PER_CLASS else None
+    per_class = VAL_PER_CLASS if test_per_class is None else min(VAL_PER_CLASS, test_per_class)
+    return per_class if avail - max(counts) >= per_class else None
 
 
 def results_frame(results: Iterable[TrainResult]) -> "Any":
