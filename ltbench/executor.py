@@ -38,7 +38,8 @@ _CIFAR = {"cifar10": (10, 5000), "cifar100": (100, 500)}
 @dataclass
 class PlanEntry:
     """One unique run of a profile: its spec, tier, the notebooks and labels that use it, status
-    in the store, estimated cost (training image-passes) and the keys of its dependencies."""
+    in the store, estimated cost (training image-passes), the keys of its dependencies and, for a
+    partial run, the epochs its checkpoint has already trained."""
 
     spec: RunSpec
     tier: int
@@ -47,13 +48,23 @@ class PlanEntry:
     status: str
     cost: Optional[float]
     deps: List[str] = field(default_factory=list)
+    epochs_done: int = 0
 
     @property
     def key(self) -> str:
         return self.spec.key
 
+    @property
+    def cost_left(self) -> float:
+        """Image-passes still to train: none once done; a partial run resumes after its epochs."""
+        if self.status == DONE or not self.cost:
+            return 0.0
+        epochs = int(self.spec.config.get("epochs") or 0)
+        return self.cost * (1.0 - min(self.epochs_done, epochs) / epochs) if epochs > 0 else self.cost
+
     def to_dict(self) -> Dict[str, Any]:
         return {"key": self.key, "tier": self.tier, "status": self.status, "cost": self.cost,
+                "epochs_done": self.epochs_done,
                 "method": self.spec.method, "label": " / ".join(self.labels), "labels": self.labels,
                 "notebooks": self.notebooks, "deps": self.deps, "description": self.spec.describe()}
 
@@ -194,6 +205,8 @@ def plan(profile: str, results_dir: Union[str, os.PathLike] = "results", seeds: 
             e.labels.append(f"({e.spec.method} dependency)")
         if with_status:
             e.status = store.status(e.spec)
+            if e.status == PARTIAL:
+                e.epochs_done = (store.progress(e.spec) or (0, 0))[0]
     return out
 
 
@@ -214,7 +227,7 @@ def format_plan(entries: Sequence[PlanEntry], profile: str) -> str:
             continue
         by = {s: sum(e.status == s for e in sel) for s in (DONE, PARTIAL, PENDING)}
         c = sum(e.cost or 0 for e in sel)
-        left = sum(e.cost or 0 for e in sel if e.status != DONE)
+        left = sum(e.cost_left for e in sel)
         lines.append(f"  tier {t}: {len(sel)} runs ({by[DONE]} done, {by[PARTIAL]} partial, {by[PENDING]} pending), "
                      f"{c / 1e6:.2f} M image-passes ({left / 1e6:.2f} M still to train)")
     return "\n".join(lines)
@@ -403,7 +416,7 @@ def execute(profile: str, results_dir: Union[str, os.PathLike] = "results", tier
         return report
     store.check_writable()
     check_data_available([e.spec for e in todo], data_root)
-    say(f"execute: {len(todo)} runs to train ({sum(e.cost or 0 for e in todo) / 1e6:.2f} M image-passes) with "
+    say(f"execute: {len(todo)} runs to train ({sum(e.cost_left for e in todo) / 1e6:.2f} M image-passes) with "
         f"{workers} worker(s)" + (f", deadline in {deadline:g} s" if deadline else ""), flush=True)
     multi = workers > 1
     if progress == "auto":  # a bar on a terminal; else only the [i/n] line below, not run()'s own as well

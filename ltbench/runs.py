@@ -535,6 +535,11 @@ class RunStore:
             return DONE
         return PARTIAL if (folder / CHECKPOINT_FILE).is_file() else PENDING
 
+    def progress(self, spec: RunSpec) -> Optional[Tuple[int, int]]:
+        """(epochs trained, epochs) of the run's checkpoint, or None where it has none readable."""
+        path = self.folder(spec) / CHECKPOINT_FILE
+        return checkpoint_progress(path) if path.is_file() else None
+
     def has_weights(self, spec: RunSpec) -> bool:
         """Whether the run's folder holds the checkpoint of its last epoch (stage 2, FSA and
         analyses load the weights from it)."""
@@ -596,6 +601,17 @@ def _finished_checkpoint(path: Path) -> Optional[Dict[str, Any]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state if state["epoch"] == state["config"]["epochs"] else None
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is handled by run()
+        return None
+
+
+def checkpoint_progress(path: Path) -> Optional[Tuple[int, int]]:
+    """(epochs trained, epochs of the run) of the checkpoint at ``path``, or None if unreadable."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["epoch"]), int(state["config"]["epochs"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by the caller
         return None
 
 

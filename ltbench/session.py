@@ -247,13 +247,9 @@ def _weights_only(src: Path, dst: Path) -> int:
 
 def _checkpoint_epoch(path: Path) -> Optional[Tuple[int, int]]:
     """(epoch, epochs) of a checkpoint, or None if unreadable."""
-    import torch
+    from .runs import checkpoint_progress
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return int(state["epoch"]), int(state["config"]["epochs"])
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by the caller
-        return None
+    return checkpoint_progress(path)
 
 
 def make_carry(profile: str = "paper", results: Union[str, os.PathLike] = "results",

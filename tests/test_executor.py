@@ -126,6 +126,11 @@ def test_execute_stops_at_the_deadline_and_resumes(tmp_path):
     assert first.deadline_hit and first.count("stopped") == 1 and first.count("not started") == 1
     entries = _plan("smoke", tmp_path, only=["07"], overrides=kw["overrides"])
     assert sorted(e.status for e in entries) == ["partial", "pending"]
+    # The partial run resumes after the epoch its checkpoint holds: half of its 2 epochs are left.
+    part, pend = sorted(entries, key=lambda e: e.status != "partial")
+    assert part.epochs_done == 1 and part.cost_left == pytest.approx(part.cost / 2)
+    assert pend.epochs_done == 0 and pend.cost_left == pend.cost
+    assert f"{(part.cost_left + pend.cost_left) / 1e6:.2f} M still to train" in executor.format_plan(entries, "smoke")
     second = executor.execute("smoke", tmp_path, **kw)
     assert second.count("trained") == 2 and not second.deadline_hit
     uninterrupted = executor.execute("smoke", tmp_path / "ref", **kw)
