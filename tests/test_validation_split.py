@@ -50,6 +50,8 @@ def test_auto_validation_split_where_the_data_allows_it():
     assert base_config("cifar10", 100, n_max=500, test_per_class=100).val_per_class == 100
     assert base_config("cifar10", 10, n_max=50, test_per_class=10).val_per_class == 10
     assert base_config("cifar10", 10, n_max=50, test_per_class=10, val_per_class=None).val_per_class is None
+    with pytest.raises(ValueError, match="test_per_class='abc'"):  # named by the config check, not a bare TypeError
+        base_config("cifar10", 10, n_max=50, test_per_class="abc")
 
 
 def test_select_tau_uses_the_validation_top1_not_the_test():

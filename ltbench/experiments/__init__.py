@@ -361,7 +361,8 @@ def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int
         return None
     avail = DEFAULT_N_MAX[dataset]
     counts = long_tailed_counts(n_max or avail, NUM_CLASSES[dataset], imbalance_ratio)
-    per_class = VAL_PER_CLASS if test_per_class is None else min(VAL_PER_CLASS, test_per_class)
+    capped = isinstance(test_per_class, int) and not isinstance(test_per_class, bool) and test_per_class > 0
+    per_class = min(VAL_PER_CLASS, test_per_class) if capped else VAL_PER_CLASS  # else TrainConfig names it
     return per_class if avail - max(counts) >= per_class else None
 
 
