@@ -44,7 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .engine import CHECKPOINT_FILE, EXECUTION_FIELDS, METRICS_FILE
 from .io import atomic_write_bytes, atomic_write_json
-from .runs import LOCK_FILE, SPEC_FILE
+from .runs import LOCK_FILE, SPEC_FILE, checkpoint_progress
 
 __all__ = [
     "MIB", "LIMITS", "PackLimits", "make_carry", "restore_carry", "snapshot", "smoke_check", "pack",
@@ -245,13 +245,6 @@ def _weights_only(src: Path, dst: Path) -> int:
     return len(buf.getvalue())
 
 
-def _checkpoint_epoch(path: Path) -> Optional[Tuple[int, int]]:
-    """(epoch, epochs) of a checkpoint, or None if unreadable."""
-    from .runs import checkpoint_progress
-
-    return checkpoint_progress(path)
-
-
 def make_carry(profile: str = "paper", results: Union[str, os.PathLike] = "results",
                carry: Union[str, os.PathLike] = ".carry", data_root: Optional[str] = None,
                seeds: Optional[int] = DEFAULT_SEEDS, overrides: Optional[Mapping[str, Any]] = None,
@@ -331,7 +324,7 @@ def make_carry(profile: str = "paper", results: Union[str, os.PathLike] = "resul
             warnings.append(f"{why} run {e.key} ({e.spec.describe()}, {_fmt_mib(size)}) left out: over the 64 MiB budget")
             continue
         budget -= size
-        ep = _checkpoint_epoch(dst / CHECKPOINT_FILE)
+        ep = checkpoint_progress(dst / CHECKPOINT_FILE)
         carried.append({"key": e.key, "why": why, "tier": e.tier, "bytes": size, "run": e.spec.describe(),
                         "epoch": ep[0] if ep else None, "epochs": ep[1] if ep else None})
     from .runs import code_version
@@ -762,7 +755,7 @@ def pack(profile: str, results: Union[str, os.PathLike], out: Union[str, os.Path
                         run_items.append((key, f, f"runs/{key}/{f.name}", f.stat().st_size))
                 info["result"] = True
             if new_ckpt and not finished and s.is_file():
-                ep = _checkpoint_epoch(c)
+                ep = checkpoint_progress(c)
                 info.update(epoch=ep[0] if ep else None, epochs=ep[1] if ep else None)
                 if not new_result:
                     run_items.append((key, s, f"runs/{key}/{SPEC_FILE}", s.stat().st_size))
@@ -1063,10 +1056,10 @@ def import_packs(files: Sequence[Union[str, os.PathLike]], results: Union[str, o
                 tmp = Path(tempfile.mkdtemp(prefix="ltbench-import-"))
                 try:
                     (tmp / CHECKPOINT_FILE).write_bytes(_member_bytes(names[CHECKPOINT_FILE]))
-                    theirs = _checkpoint_epoch(tmp / CHECKPOINT_FILE)
+                    theirs = checkpoint_progress(tmp / CHECKPOINT_FILE)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-                mine = _checkpoint_epoch(dest / CHECKPOINT_FILE)
+                mine = checkpoint_progress(dest / CHECKPOINT_FILE)
                 action["kind"] = "partial" if (theirs and (mine is None or theirs[0] > mine[0])) else "kept"
             else:
                 action["kind"] = "partial"
