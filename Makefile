@@ -10,7 +10,7 @@ EXECUTE_ARGS ?=
 # ../shared/data is where this project's machines keep CIFAR-10; users set LTBENCH_DATA or use ./data.
 export LTBENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 
-.PHONY: install reproduce test test-min-torch report clean-results benchmark lint carry
+.PHONY: install reproduce test test-min-torch report clean-results benchmark lint carry harvest harvest-stop harvest-status harvest-stage
 
 # Every package from requirements.lock (all extras, pinned with hashes), then ltbench itself,
 # built with the locked setuptools (no download).
@@ -56,3 +56,19 @@ lint: install
 # manifest; fails if the working tree plus .carry reaches the device's 64 MiB.
 carry: install
 	$(PY) -m ltbench.session carry --profile paper --carry .carry
+
+# The harvest (ltbench/harvest.py): the queue of CPU runs, niced, in the background, from a clean
+# worktree of HEAD; HARVEST_SECONDS sets a deadline. harvest-stop finishes the epoch and checkpoints;
+# harvest-stage git-adds the runs and the resume state / weights the next session needs.
+HARVEST_SECONDS ?=
+harvest: install
+	bash tools/harvest.sh start $(HARVEST_SECONDS)
+
+harvest-stop:
+	bash tools/harvest.sh stop
+
+harvest-status:
+	bash tools/harvest.sh status
+
+harvest-stage: install
+	$(PY) -m ltbench.harvest stage

@@ -49,7 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes (default 1)")
     ex.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default CPUs / K)")
     ex.add_argument("--device", default="auto", help="device of every run: auto (default), cpu, cuda, cuda:N")
-    ex.add_argument("--compile", action="store_true", help="torch.compile the model (an execution option)")
+    ex.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                    help="torch.compile the model: auto (default: on for CPU and CUDA where the trainer allows "
+                         "it), on (bare --compile), off")
     ex.add_argument("--fast", nargs="?", const="graph", default=None, choices=["static", "graph"],
                     help="the fast path (an execution option): padded static shapes, and with 'graph' (the "
                     "default of a bare --fast) forward+loss+backward+SGD compiled as one graph, CUDA graphs on CUDA")
@@ -170,7 +172,7 @@ def _cmd_execute(args: argparse.Namespace) -> int:
             args.profile, args.results, tiers=_parse_tiers(args.tiers), deadline=args.deadline,
             workers=args.workers, seeds=args.seeds, only=args.only, overrides=runner.parse_assignments(args.param),
             notebooks_dir=args.notebooks, device=args.device, data_root=args.data_root,
-            progress=False if args.no_progress else "auto", threads=args.threads, compile=args.compile,
+            progress=False if args.no_progress else "auto", threads=args.threads, compile={"on": True, "off": False}.get(args.compile, "auto"),
             fast=args.fast or False, pack=args.pack)
     except (runner.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

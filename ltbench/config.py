@@ -27,6 +27,10 @@ class TrainConfig:
     # model
     model: str = "resnet32"
     classifier: str = "linear"
+    #: The linear head's bias at initialisation: "uniform" is PyTorch's nn.Linear default
+    #: U(+-1/sqrt(fan_in)), as LDAM-DRW's ResNet-32 leaves it (its init touches only weights);
+    #: "zero" is what ltbench did before 2026-12 (runs stored without this field are "zero" runs).
+    head_bias_init: str = "uniform"
     # loss and sampling (docs/methods.md §4-6)
     loss: str = "ce"
     loss_params: Dict[str, Any] = field(default_factory=dict)
@@ -106,6 +110,7 @@ class TrainConfig:
         if not self.model.startswith("timm/"):
             MODELS.get(self.model)
         need(self.classifier in CLASSIFIERS, "classifier", f"one of {CLASSIFIERS}")
+        need(self.head_bias_init in HEAD_BIAS_INITS, "head_bias_init", f"one of {HEAD_BIAS_INITS}")
         LOSSES.get(self.loss)
         SAMPLERS.get(self.sampler)
         SCHEDULES.get(self.schedule)
@@ -153,6 +158,12 @@ class TrainConfig:
             raise ValueError(f"invalid imbalance_ratio={self.imbalance_ratio!r} for n_max={shape[0]}: {msg}")
 
 
+#: Valid ``TrainConfig.head_bias_init`` values; the first is the default.
+HEAD_BIAS_INITS = ("uniform", "zero")
+#: The value a stored run description without ``head_bias_init`` had: its key hashes without the field.
+LEGACY_HEAD_BIAS_INIT = "zero"
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -187,7 +198,7 @@ _TYPE_NAMES: Dict[str, str] = {
 _FIELD_TYPES: Dict[str, str] = {
     "dataset": "str", "imbalance_ratio": "ratio", "lt_profile": "str", "n_max": "opt_int",
     "test_per_class": "opt_int", "val_per_class": "opt_int", "data_root": "opt_str", "data_seed": "int", "data_options": "dict",
-    "model": "str", "classifier": "str", "loss": "str", "loss_params": "dict", "sampler": "str",
+    "model": "str", "classifier": "str", "head_bias_init": "str", "loss": "str", "loss_params": "dict", "sampler": "str",
     "sampler_params": "dict", "drw_epoch": "opt_int", "drw_beta": "number", "drs_epoch": "opt_int",
     "epochs": "int", "batch_size": "int", "lr": "number", "momentum": "number", "weight_decay": "number",
     "schedule": "str", "warmup_epochs": "int", "nesterov": "opt_bool", "drop_last": "bool", "seed": "int",

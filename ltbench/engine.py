@@ -34,7 +34,7 @@ from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import LEGACY_HEAD_BIAS_INIT, TrainConfig
 from .data import DeviceDataset, LongTailedData, build_long_tailed
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .losses import build_loss, class_balanced_weights
@@ -233,6 +233,21 @@ def _csv_text(rows: List[List[Any]]) -> str:
     return buf.getvalue()
 
 
+_STOP = {"requested": False}
+
+
+def request_stop(requested: bool = True) -> None:
+    """Ask every run of this process to stop at the end of its current epoch, as at a deadline
+    (checkpoint, then :class:`DeadlineReached`): what the harvest's SIGTERM / SIGINT handler calls.
+    ``request_stop(False)`` withdraws the request."""
+    _STOP["requested"] = bool(requested)
+
+
+def stop_requested() -> bool:
+    """Whether :func:`request_stop` was called (and not withdrawn)."""
+    return _STOP["requested"]
+
+
 class Trainer:
     """Trains ``cfg`` on device-resident data. Subclass and override the hooks for other methods."""
 
@@ -243,6 +258,8 @@ class Trainer:
     #: Runs an epoch's steps instead of the eager loop of :meth:`train_epoch` when set: the fast
     #: path of :mod:`ltbench.fastpath` (static shapes, whole-step graphs), an execution option.
     step_runner: Any = None
+    #: ``ExecOptions(compile="auto")`` compiles this trainer's model on CPU and CUDA.
+    COMPILE_AUTO: bool = True
 
     @classmethod
     def check_config(cls, cfg: TrainConfig) -> None:
@@ -330,7 +347,8 @@ class Trainer:
         return build_loss(self.cfg.loss, self.counts, **self.cfg.loss_params)
 
     def build_model(self) -> nn.Module:
-        model = build_model(self.cfg.model, self.num_classes, classifier=self.cfg.classifier)
+        model = build_model(self.cfg.model, self.num_classes, classifier=self.cfg.classifier,
+                            head_bias_init=self.cfg.head_bias_init)
         head = get_classifier(model)
         if getattr(self.loss_fn, "uses_sigmoid", False) and getattr(head, "bias", None) is not None:
             # docs/methods.md §2: sigmoid losses start from the prior 1/C.
@@ -521,7 +539,7 @@ class Trainer:
             self.start_epoch = epoch + 1
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=row["test_top1"] and f"{row['test_top1']:.1f}")
             last = epoch + 1 == cfg.epochs
-            stop = deadline is not None and not last and time.time() >= deadline
+            stop = not last and ((deadline is not None and time.time() >= deadline) or stop_requested())
             if decided_stop is not None:
                 stop = bool(decided_stop) and not last
             if ckpt is not None and (stop or last or (epoch + 1) % cfg.checkpoint_every == 0):
@@ -549,7 +567,8 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        mine, theirs = self.cfg.to_dict(), state["config"]
+        mine, theirs = self.cfg.to_dict(), dict(state["config"])
+        theirs.setdefault("head_bias_init", LEGACY_HEAD_BIAS_INIT)  # written before the field existed
         changed = sorted(k for k in set(mine) | set(theirs)
                          if k not in EXECUTION_FIELDS and theirs.get(k) != mine.get(k))
         if changed:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .engine import stop_requested
 from .experiments import EXPERIMENTS, TIERS, PlannedRun, notebook_parameters, runs_for_notebook
 from .profiles import check_profile, resolve_overrides
 from .runs import DONE, METHODS, PARTIAL, PENDING, DeadlineReached, ExecOptions, RunLocked, RunSpec, RunStore, run
@@ -363,7 +364,7 @@ def execute(profile: str, results_dir: Union[str, os.PathLike] = "results", tier
             only: Optional[Iterable[str]] = None, overrides: Optional[Mapping[str, Any]] = None,
             notebooks_dir: Union[str, os.PathLike] = "notebooks", device: str = "auto",
             data_root: Optional[str] = None, progress: Union[bool, str] = "auto", threads: Optional[int] = None,
-            compile: bool = False, verbose: bool = True, fast: Union[bool, str] = False,
+            compile: Union[bool, str] = "auto", verbose: bool = True, fast: Union[bool, str] = False,
             pack: int = 1) -> ExecuteReport:
     """Train the profile's pending runs of ``tiers`` (default all) in tier order.
 
@@ -471,7 +472,8 @@ def execute(profile: str, results_dir: Union[str, os.PathLike] = "results", tier
             outcomes = _work_unit(specs_of(unit), str(store.root), opts)
             for key, outcome in zip(unit, outcomes):
                 finish(key, outcome)
-            if any(o[0] == "stopped" for o in outcomes) or (stop_at is not None and time.time() >= stop_at):
+            if (any(o[0] == "stopped" for o in outcomes) or (stop_at is not None and time.time() >= stop_at)
+                    or stop_requested()):
                 report.deadline_hit = True
     else:
         import multiprocessing as mp

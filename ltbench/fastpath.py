@@ -1112,7 +1112,7 @@ def run_pack(specs: Sequence[Any], store: Any, options: Any = None) -> List[Any]
         pack_record = {"size": len(todo), "mode": mode, "runs": [specs[i].key for i in todo]}
         for i, result in zip(todo, results):
             spec = specs[i]
-            result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": {**options.record(), "pack": pack_record}}
+            result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": {**options.record(spec), "pack": pack_record}}
             result.save(store.folder(spec))
             out[i] = TrainResult.load(store.folder(spec))
     return out

@@ -504,6 +504,9 @@ class FSATrainer(Trainer):
     ``phase1``; :func:`ltbench.runs.run` passes its folder as ``phase1_dir``).
     """
 
+    #: A short stage on a frozen backbone: the compile time would not be repaid (not measured faster).
+    COMPILE_AUTO = False
+
     def __init__(
         self,
         cfg: TrainConfig,

@@ -19,6 +19,9 @@ Profiles:
   numbers to compare with papers come from ``paper``.
 * ``paper``: the papers' recipe (docs/methods.md §2: 200 epochs, batch 128, full CIFAR-LT, IR
   100/50/10 on CIFAR-10 and CIFAR-100, 3 seeds). Needs a GPU.
+* ``cpu``: the papers' data (full CIFAR-10-LT IR100, the full test set, ResNet-32, batch 128,
+  lr 0.1) with the recipe compressed to :data:`CPU_EPOCHS` epochs: what two CPU cores can train,
+  session after session, through the harvest (``make harvest``, :mod:`ltbench.harvest`).
 * ``smoke``: seconds per notebook on CPU, on a tiny subset; only proves the pipeline runs (tests,
   CI). Its numbers mean nothing.
 
@@ -81,6 +84,21 @@ _QUICK = {
     "batch_size": 64,
     "eval_every": 4,  # test-set evaluation after epochs 4 and 8 only: on 2 cores it costs a tenth of training
 }
+#: E, the ``cpu`` profile's length: the calibration (CE, LDAM-DRW, BBN at 30 and 50 epochs, the
+#: harvest's first steps) picks the shortest E at which LDAM-DRW's and BBN's gains over CE are each
+#: at least half the published ones, else 50. 30 until the calibration has run (README).
+CPU_EPOCHS = 30
+_CPU = {
+    "epochs": CPU_EPOCHS,
+    "imbalance_ratios": [100],
+    "datasets": ["cifar10"],
+    "n_max": None,  # the papers' full CIFAR-10-LT IR100: 12,406 training images
+    "test_per_class": None,  # the full 10,000-image test set
+    "batch_size": 128,
+    # A full test pass costs about a fifth of a compiled training epoch on 2 cores: every 5 epochs
+    # (and after the last) keeps the curve readable for a tenth of the time; the headline is last-epoch.
+    "eval_every": 5,
+}
 _PAPER = {
     "epochs": 200,
     "imbalance_ratios": [100, 50, 10],
@@ -131,6 +149,22 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "06_feature_space_augmentation": _with(_QUICK, backbones=["resnet32"], fsa_iterations=100, fsa_batch_size=128,
                                                crt_epochs=4),
         "07_ohem": _with(_QUICK, keep_ratios=[0.25, 0.5]),
+    },
+    "cpu": {
+        # The papers' data and recipe shape, compressed to CPU_EPOCHS (warm-up, lr steps, DRW/DRS at
+        # 80 %, BBN's adaptor scale with the length): one seed first, then 3 for tiers 0-1 (harvest).
+        "*": {"device": "auto", "seeds": [0]},
+        "01_long_tailed_cifar": _with(_CPU),
+        "02_focal_and_balanced_ce": _with(_CPU, methods=None),
+        "03_class_balanced_loss": _with(_CPU, methods=None),
+        # Stage 2 a third of E (cRT, the grid's classifiers) and LWS 5 epochs, as in the paper.
+        "04_bbn_and_two_stage": _with(_CPU, crt_epochs=10, lws_epochs=5, ablation_samplers=None,
+                                      ablation_adaptors=None),
+        "05_equalization_losses": _with(_CPU, methods=None),
+        # FSA phase II scaled with phase I: the paper's 6,400 iterations after 200 epochs -> 960 after 30.
+        "06_feature_space_augmentation": _with(_CPU, backbones=["resnet32"], fsa_iterations=960, fsa_batch_size=128,
+                                               crt_epochs=10),
+        "07_ohem": _with(_CPU, keep_ratios=[0.25, 0.5, 0.7]),
     },
     "paper": {
         "*": {"device": "auto", "seeds": [0, 1, 2]},

@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .config import TrainConfig
+from .config import LEGACY_HEAD_BIAS_INIT, TrainConfig
 from .engine import (CHECKPOINT_FILE, EXECUTION_FIELDS, METRICS_FILE, DeadlineReached, TrainResult, Trainer)
 from .io import atomic_write_json
 
@@ -118,7 +118,11 @@ class RunSpec:
 
     def identity(self) -> Dict[str, Any]:
         """What the key hashes: method, canonical config and params, and the dependencies' keys."""
-        return {"schema": SPEC_SCHEMA, "method": self.method, "config": _canonical(self.config),
+        config = self.config
+        if config.get("head_bias_init") == LEGACY_HEAD_BIAS_INIT:
+            # Runs described before the field existed had this head; their keys stay as they were.
+            del config["head_bias_init"]
+        return {"schema": SPEC_SCHEMA, "method": self.method, "config": _canonical(config),
                 "params": _canonical(self.params), "deps": {n: d.key for n, d in self.deps}}
 
     @property
@@ -178,6 +182,9 @@ class RunSpec:
         if not isinstance(d, Mapping) or not {"method", "config"} <= set(d):
             raise ValueError(f"not a run spec (needs 'method' and 'config'): {str(d)[:200]}")
         deps = {n: cls.from_dict(v, validate) for n, v in dict(d.get("deps") or {}).items()}
+        if isinstance(d["config"], Mapping) and "head_bias_init" not in d["config"]:
+            # Written before TrainConfig.head_bias_init existed: those runs zeroed the head's bias.
+            d = {**d, "config": {**d["config"], "head_bias_init": LEGACY_HEAD_BIAS_INIT}}
         if validate:
             spec = make_spec(d["method"], d["config"], deps=deps, **dict(d.get("params") or {}))
         else:
@@ -355,7 +362,7 @@ class ExecOptions:
     """
 
     device: str = "auto"
-    compile: bool = False
+    compile: Union[bool, str] = "auto"
     data_root: Optional[str] = None
     channels_last: bool = True
     checkpoint_every: Optional[int] = None
@@ -371,7 +378,10 @@ class ExecOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.device, str):
             raise ValueError(f"invalid device={self.device!r}: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        for name in ("compile", "channels_last", "writer"):
+        if self.compile not in (True, False, "auto") or not isinstance(self.compile, (bool, str)):
+            raise ValueError(f"invalid compile={self.compile!r}: must be True, False or 'auto' (compiled where "
+                             "the device and the trainer allow it; LTBENCH_COMPILE=0 turns 'auto' off)")
+        for name in ("channels_last", "writer"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be True or False")
         if self.data_root is not None and not isinstance(self.data_root, (str, os.PathLike)):
@@ -388,10 +398,28 @@ class ExecOptions:
 
         check_mode(self.fast)
 
+    def compiled(self, spec: RunSpec) -> bool:
+        """Whether ``spec`` runs with ``torch.compile``: ``compile`` itself when it is a bool; for
+        ``"auto"``, on where it measured faster (CPU: 1.9x the eager model on 2 cores, CUDA) and the
+        method's trainer allows it (``Trainer.COMPILE_AUTO``), off on MPS, on the fast path (which
+        compiles the whole step itself) and when the environment sets ``LTBENCH_COMPILE=0``."""
+        if isinstance(self.compile, bool):
+            return self.compile
+        if os.environ.get("LTBENCH_COMPILE", "").strip().lower() in ("0", "false", "off", "no") or self.fast:
+            return False
+        device = self.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not (device == "cpu" or device.startswith("cuda")):
+            return False
+        return bool(getattr(METHODS.get(spec.method).trainer, "COMPILE_AUTO", False))
+
     def config_fields(self, spec: RunSpec) -> Dict[str, Any]:
         epochs = int(spec.config.get("epochs", 1))
         every = self.checkpoint_every or max(1, min(10, epochs // 20))
-        return {"device": self.device, "compile": self.compile,
+        return {"device": self.device, "compile": self.compiled(spec),
                 "data_root": None if self.data_root is None else str(self.data_root),
                 "channels_last": self.channels_last, "checkpoint_every": every}
 
@@ -400,9 +428,12 @@ class ExecOptions:
             return bool(getattr(sys.stderr, "isatty", lambda: False)())
         return bool(self.progress)
 
-    def record(self) -> Dict[str, Any]:
-        """What ``metrics.json["execution"]`` keeps (JSON values only)."""
-        return {"code": code_version(), "device": self.device, "compile": self.compile, "channels_last": self.channels_last,
+    def record(self, spec: Optional[RunSpec] = None) -> Dict[str, Any]:
+        """What ``metrics.json["execution"]`` keeps (JSON values only); with ``spec``, ``compile``
+        is what that run used and ``compile_option`` what was asked."""
+        compiled = self.compile if spec is None else self.compiled(spec)
+        return {"code": code_version(), "device": self.device, "compile": compiled, "compile_option": self.compile,
+                "channels_last": self.channels_last,
                 "checkpoint_every": self.checkpoint_every, "host": socket.gethostname(), "pid": os.getpid(),
                 "distributed": self.wrap_trainer is not None, **dict(self.notes),
                 **({"fast": self.fast} if self.fast else {})}
@@ -769,7 +800,7 @@ def _train(spec: RunSpec, method: Method, store: RunStore, options: ExecOptions,
             atomic_write_json(folder / SPEC_FILE, spec.to_dict())
         fast = options.attach_fast(trainer)
         result = trainer.fit(folder, deadline=options.deadline)
-        result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": options.record()}
+        result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": options.record(spec)}
         if options.fast:
             result.meta["execution"]["fast"] = options.fast_record(trainer, fast)
         if options.writer and save:
@@ -808,7 +839,7 @@ def train(cfg: TrainConfig, store: Optional[Union[RunStore, str, os.PathLike]] =
     trainer.label = spec.describe()
     fast = options.attach_fast(trainer)
     result = trainer.fit(None, deadline=options.deadline)
-    result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": options.record()}
+    result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": options.record(spec)}
     if options.fast:
         result.meta["execution"]["fast"] = options.fast_record(trainer, fast)
     return result

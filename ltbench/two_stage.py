@@ -348,6 +348,9 @@ class ClassifierTrainer(Trainer):
     pass through the frozen backbone every step (what cRT does).
     """
 
+    #: A short stage on a frozen backbone: the compile time would not be repaid (not measured faster).
+    COMPILE_AUTO = False
+
     cfg: StageTwoConfig
     config_cls = StageTwoConfig
 

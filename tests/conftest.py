@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# ExecOptions(compile="auto") compiles on CPU: the suite checks eager numbers (and would pay a compile
+# per run), so "auto" is off here, in notebooks' kernels too; tests of "auto" itself unset it.
+os.environ.setdefault("LTBENCH_COMPILE", "0")
 
 
 def real_cifar10_root() -> str | None:

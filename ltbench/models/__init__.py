@@ -1,6 +1,9 @@
 """Model factory: CIFAR ResNets by name and any timm model for larger images (docs/methods.md §2, §8)."""
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from ..registry import Registry
@@ -27,15 +30,19 @@ def _timm_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
 
 def build_model(
     name: str, num_classes: int, classifier: str = "linear", pretrained: bool = False,
-    cosine_scale: float = 30.0,
+    cosine_scale: float = 30.0, head_bias_init: str = "zero",
 ) -> nn.Module:
     """Build ``name`` ('resnet32', 'resnet18_cifar' or 'timm/<timm name>') with a ``classifier`` head.
 
     The returned model has ``forward_features``, ``forward_head`` and a swappable classifier
     (``model.fc`` for the CIFAR ResNets, timm's ``get_classifier()`` otherwise). ``cosine_scale``
     is recorded on a cosine head as ``logit_scale`` (the scale its loss applies, LDAM's ``s``;
-    see :func:`logit_scale`); a linear head ignores it.
+    see :func:`logit_scale`); a linear head ignores it. ``head_bias_init``: ``"zero"`` (the CIFAR
+    ResNets' own init) or ``"uniform"`` (PyTorch's nn.Linear default, U(+-1/sqrt(fan_in)), as
+    LDAM-DRW's ResNet-32 leaves it; drawn from the global RNG after the weights).
     """
+    if head_bias_init not in ("uniform", "zero"):
+        raise ValueError(f"invalid head_bias_init={head_bias_init!r}: must be 'uniform' or 'zero'")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if classifier not in CLASSIFIERS:
@@ -53,7 +60,26 @@ def build_model(
     model = MODELS.build(name, num_classes)
     if classifier == "cosine":
         model.fc = CosineClassifier(model.num_features, num_classes, scale=cosine_scale)
+    else:
+        init_head_bias(model.fc, head_bias_init)
     return model
+
+
+def init_head_bias(head: nn.Module, head_bias_init: str) -> None:
+    """Set a linear head's bias as ``TrainConfig.head_bias_init`` says: ``"uniform"`` draws PyTorch's
+    nn.Linear default U(+-1/sqrt(fan_in)) from the global RNG; ``"zero"`` zeroes it. Heads without
+    a bias are left alone."""
+    if head_bias_init not in ("uniform", "zero"):
+        raise ValueError(f"invalid head_bias_init={head_bias_init!r}: must be 'uniform' or 'zero'")
+    bias = getattr(head, "bias", None)
+    if not isinstance(head, nn.Linear) or bias is None:
+        return
+    with torch.no_grad():
+        if head_bias_init == "uniform":
+            bound = 1.0 / math.sqrt(head.in_features)
+            bias.uniform_(-bound, bound)
+        else:
+            bias.zero_()
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -92,6 +118,6 @@ def set_classifier(model: nn.Module, head: nn.Module) -> None:
 
 
 __all__ = [
-    "MODELS", "build_model", "get_classifier", "set_classifier", "logit_scale", "resnet32", "resnet18_cifar",
+    "MODELS", "build_model", "init_head_bias", "get_classifier", "set_classifier", "logit_scale", "resnet32", "resnet18_cifar",
     "CifarResNet", "BasicBlock", "CosineClassifier", "TauNormClassifier", "LWSClassifier",
 ]
