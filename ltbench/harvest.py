@@ -65,15 +65,16 @@ def _nb04(**params: Any) -> Dict[str, Any]:
     return {f"04_bbn_and_two_stage:{k}": v for k, v in params.items()}
 
 
-#: The harvest's priority order (issue 22): the cpu profile's calibration and tiers 0-1, the paper
+#: The harvest's priority order (issue 22): the quick profile, the cpu profile's calibration and tiers 0-1, the paper
 #: profile's 200-epoch CE with its stage-2 cells, the rest of cpu, then 200-epoch joint methods.
 QUEUE: Tuple[Step, ...] = (
+    # Minutes: the committed pipeline check stays current with the code (make reproduce trains nothing).
+    Step("quick profile (the pipeline check make reproduce renders)", "quick"),
     Step("cpu calibration, 30 epochs: CE, LDAM-DRW, BBN", "cpu", ("04_bbn_and_two_stage",),
          _nb04(**CALIBRATION, epochs=30)),
     Step("cpu calibration, 50 epochs: CE, LDAM-DRW, BBN", "cpu", ("04_bbn_and_two_stage",),
          _nb04(**CALIBRATION, epochs=50)),
     Step("cpu tiers 0-1, seed 0", "cpu", tiers=(0, 1)),
-    Step("quick profile (the pipeline check make reproduce renders)", "quick"),
     Step("paper CIFAR-10 IR100: CE 200 epochs, cRT, tau-norm, LWS", "paper", ("04_bbn_and_two_stage",),
          {**_nb04(**_PAPER_C10, methods=["CE", "cRT", "tau-norm", "LWS"], run_grid=False, run_ablations=False)},
          seeds=1),

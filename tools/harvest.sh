@@ -27,9 +27,11 @@ start)
     export LTBENCH_DATA="$(cd "$ROOT/../shared/data" && pwd)"
   fi
   # The worktree's package first on sys.path, whatever the venv's editable install points at.
-  (cd "$wt" && PYTHONPATH="$wt" nohup nice -n 19 "$PY" -m ltbench.harvest run --results "$ROOT/results" \
+  cd "$wt"
+  PYTHONPATH="$wt" nohup nice -n 19 "$PY" -m ltbench.harvest run --results "$ROOT/results" \
       --notebooks "$wt/notebooks" --status "$H/status.json" "${deadline[@]}" >>"$H/harvest.log" 2>&1 &
-   echo $! >"$H/pid")
+  echo $! >"$H/pid"  # the python process itself (nohup and nice exec it), which the stop signals
+  cd "$ROOT"
   echo "harvest: started pid $(cat "$H/pid") on commit ${commit:0:12} (log: .harvest/harvest.log)"
   ;;
 stop)
