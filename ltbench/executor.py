@@ -120,6 +120,21 @@ def check_tiers(tiers: Optional[Iterable[int]]) -> Optional[List[int]]:
     return sorted(set(out))
 
 
+def _wrong_type(value: Any, default: Any) -> Optional[str]:
+    """Why ``value`` cannot replace a parameter whose notebook default is ``default`` (None: it can);
+    the same rule as the runner's check of papermill parameters."""
+    from .runner import _element_problem, _type_ok
+
+    if default is None or value is None:
+        return None
+    expected = next(t for t in (bool, int, float, str, list, tuple, dict, object) if isinstance(default, t))
+    if not _type_ok(value, expected):
+        return f"expected {expected.__name__}"
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return _element_problem(value, default)
+    return None
+
+
 def collect(profile: str, seeds: Optional[int] = None, only: Optional[Iterable[str]] = None,
             overrides: Optional[Mapping[str, Any]] = None,
             notebooks_dir: Union[str, os.PathLike] = "notebooks") -> Dict[str, List[PlannedRun]]:
@@ -150,6 +165,11 @@ def collect(profile: str, seeds: Optional[int] = None, only: Optional[Iterable[s
         unknown = sorted(set(layer) - set(params))
         if unknown:
             raise ConfigError(f"{stem}: unknown parameter(s) {unknown}; its parameters: {', '.join(params)}")
+        for key, value in layer.items():
+            why = _wrong_type(value, params[key])
+            if why:
+                raise ConfigError(f"{stem}: parameter {key!r} = {value!r} ({type(value).__name__}) has the wrong "
+                                  f"type: {why} (notebook default: {params[key]!r})")
         params.update(layer)
         try:
             out[stem] = runs_for_notebook(stem, params)

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from .engine import CHECKPOINT_FILE, METRICS_FILE, request_stop, stop_requested
 from .io import atomic_write_json
 
-__all__ = ["Step", "QUEUE", "queue_plan", "harvest", "stage_files", "main"]
+__all__ = ["Step", "QUEUE", "queue_plan", "harvest", "needed_keys", "stage_files", "stage", "main"]
 
 #: The three joint/BBN methods whose gains over CE calibrate the ``cpu`` profile's length.
 CALIBRATION = {"methods": ["CE", "LDAM-DRW", "BBN"], "run_grid": False, "run_ablations": False}
@@ -159,16 +159,20 @@ def harvest(results: Union[str, os.PathLike] = "results", notebooks: Union[str, 
     return out
 
 
-def stage_files(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os.PathLike] = "notebooks",
-                queue: Sequence[Step] = QUEUE) -> Tuple[List[Path], List[Path]]:
-    """(checkpoints to commit, checkpoints to drop from git) of the queue's profiles: an
-    unfinished run's checkpoint is its resume state; a finished run's is kept where a queued run
-    depends on it (its weights), else it is not needed in git."""
+def needed_keys(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os.PathLike] = "notebooks",
+                queue: Sequence[Step] = QUEUE) -> set:
+    """Keys of the runs that a queued run depends on (stage 1, phase I): their weights are kept."""
     needed: set = set()
-    profiles = sorted({s.profile for s in queue})
     for step in queue:
         for e in _plan(step, results, notebooks):
             needed.update(e.deps)
+    return needed
+
+
+def stage_files(results: Union[str, os.PathLike], profiles: Sequence[str], needed: set) -> Tuple[List[Path], List[Path]]:
+    """(checkpoints to commit, checkpoints git need not hold) of ``profiles``' run stores: an
+    unfinished run's checkpoint is its resume state; a finished run's is kept where its key is in
+    ``needed`` (a run builds on its weights), else it stays on disk only."""
     keep, drop = [], []
     for profile in profiles:
         for ckpt in sorted((Path(results) / profile / "runs").glob(f"*/{CHECKPOINT_FILE}")):
@@ -182,19 +186,23 @@ def _git(args: Sequence[str], cwd: Union[str, os.PathLike]) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def stage(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os.PathLike] = "notebooks") -> Dict[str, int]:
-    """``git add`` the queue profiles' run files and the checkpoints :func:`stage_files` keeps
-    (forced: checkpoints are ignored elsewhere); ``git rm --cached`` the tracked ones it drops."""
-    keep, drop = stage_files(results, notebooks)
+def stage(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os.PathLike] = "notebooks",
+          queue: Sequence[Step] = QUEUE, needed: Optional[set] = None) -> Dict[str, int]:
+    """``git add`` the queue profiles' run stores with the checkpoints :func:`stage_files` keeps
+    (forced: checkpoints are ignored elsewhere); ``git rm --cached`` the tracked ones it drops.
+    ``needed``: the keys whose weights are kept (default :func:`needed_keys` of ``queue``)."""
     root = Path(results).resolve()
+    profiles = [p for p in sorted({s.profile for s in queue}) if (root / p).is_dir()]
+    if needed is None:
+        needed = needed_keys(results, notebooks, queue)
+    keep, drop = stage_files(root, profiles, needed)
     repo = _git(["rev-parse", "--show-toplevel"], root).strip()
-    profiles = [p for p in sorted({s.profile for s in QUEUE}) if (root / p).is_dir()]
     if profiles:
         _git(["add", "-A", "--", *[str(root / p) for p in profiles]], repo)
     if keep:
-        _git(["add", "-f", "--", *[str(p.resolve()) for p in keep]], repo)
-    tracked = set(_git(["ls-files", "--", *[str(p.resolve()) for p in drop]], repo).split()) if drop else set()
-    gone = [str(p.resolve()) for p in drop if os.path.relpath(p.resolve(), repo) in tracked]
+        _git(["add", "-f", "--", *[str(p) for p in keep]], repo)
+    tracked = set(_git(["ls-files", "--full-name", "--", *[str(p) for p in drop]], repo).split()) if drop else set()
+    gone = [str(p) for p in drop if os.path.relpath(p, repo) in tracked]
     if gone:
         _git(["rm", "-q", "--cached", "--", *gone], repo)
     return {"checkpoints_kept": len(keep), "checkpoints_untracked": len(gone)}
