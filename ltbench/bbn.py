@@ -58,7 +58,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .engine import CHECKPOINT_FILE, EvalResult, Trainer, TrainResult, derive_seed
-from .models import MODELS, CifarResNet, get_classifier, init_head_bias
+from .models import MODELS, CifarResNet, get_classifier
 from .registry import Registry
 from .samplers import SAMPLERS, build_sampler
 
@@ -342,6 +342,9 @@ class BBNConfig(TrainConfig):
 
     #: Only BBNTrainer (and its subclasses) train it: :meth:`Trainer.check_config`.
     TRAINER: ClassVar[str] = "ltbench.bbn.BBNTrainer"
+    #: Fields BBN does not read, left out of a run's identity: its classifier is a new Linear with
+    #: PyTorch's default initialisation, bias included, as BBN's Network builds it.
+    UNUSED_FIELDS: ClassVar[Tuple[str, ...]] = ("head_bias_init",)
 
     schedule: str = "step_bbn"
     drop_last: bool = True
@@ -418,7 +421,6 @@ class BBNTrainer(Trainer):
     def build_model(self) -> nn.Module:
         model = build_bbn(self.cfg.model, self.num_classes)
         head = get_classifier(model)
-        init_head_bias(head, self.cfg.head_bias_init)
         if getattr(self.loss_fn, "uses_sigmoid", False):
             nn.init.constant_(head.bias, -math.log(max(self.num_classes - 1, 1)))  # docs/methods.md §2
         return model

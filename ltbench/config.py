@@ -4,12 +4,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 
 @dataclass
 class TrainConfig:
     """Everything that determines a training run. Defaults are docs/methods.md §2's ResNet-32 CIFAR-LT recipe."""
+
+    #: Fields a subclass's trainer does not read: left out of a run's identity (ltbench.runs.make_spec).
+    UNUSED_FIELDS: ClassVar[Tuple[str, ...]] = ()
 
     # data (docs/methods.md §1)
     dataset: str = "cifar10"

@@ -325,7 +325,8 @@ def make_spec(method: str, config: Union[TrainConfig, Mapping[str, Any]], deps: 
         m.check(cfg, full, deps)
     if launch:
         full[LAUNCH_PARAM] = dict(launch)
-    identity = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_FIELDS}
+    unused = tuple(getattr(cfg, "UNUSED_FIELDS", ()))
+    identity = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_FIELDS and k not in unused}
     _canonical(identity, "config")
     _canonical(full, "params")
     return RunSpec(method, _dumps(identity), _dumps(full), tuple(sorted(deps.items())))

@@ -132,8 +132,10 @@ def test_every_queue_step_plans_and_the_cpu_profile_is_the_papers_data():
     for e in entries:
         c = e.spec.config
         assert (c["dataset"], c["imbalance_ratio"], c["n_max"], c["test_per_class"]) == ("cifar10", 100, None, None)
-        if e.spec.method in ("joint", "bbn", "ohem", "mixup"):
+        if e.spec.method in ("joint", "ohem", "mixup"):
             assert (c["batch_size"], c["lr"], c["model"], c["head_bias_init"]) == (128, 0.1, "resnet32", "uniform")
+        if e.spec.method == "bbn":
+            assert (c["batch_size"], c["model"]) == (128, "resnet32") and "head_bias_init" not in c
     # calibration: CE, LDAM-DRW, BBN at 30 and 50 epochs; DRW at 80 % of each length
     cal = [e for step in harvest.QUEUE[1:3] for e in harvest._plan(step, ROOT / "results", ROOT / "notebooks")]
     got = sorted((e.spec.method, e.spec.config["loss"], e.spec.config["epochs"], e.spec.config["drw_epoch"]) for e in cal)
@@ -200,6 +202,11 @@ def test_a_run_described_before_head_bias_init_keeps_its_key_and_is_a_zero_bias_
     read = RunSpec.from_dict(old)
     assert read.key == legacy.key and read.config["head_bias_init"] == "zero"
     assert RunSpec.from_dict({**old, "key": legacy.key}).key == legacy.key
+    # BBN's classifier is a new Linear with PyTorch's default init whatever the field says: not in its identity
+    from ltbench.methods import bbn_spec
+
+    assert bbn_spec(TrainConfig(**SYN)).key == bbn_spec(TrainConfig(**SYN, head_bias_init="zero")).key
+    assert "head_bias_init" not in bbn_spec(TrainConfig(**SYN)).config
     crt = stage_two_spec(legacy, "crt", epochs=1).to_dict()
     del crt["deps"]["stage1"]["config"]["head_bias_init"]
     assert RunSpec.from_dict(crt).key == stage_two_spec(legacy, "crt", epochs=1).key
