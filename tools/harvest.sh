@@ -17,6 +17,9 @@ start)
   if running; then echo "harvest: already running (pid $(cat "$H/pid"))"; exit 0; fi
   commit="$(git -C "$ROOT" rev-parse HEAD)"
   wt="$H/worktrees/$commit"
+  for old in "$H"/worktrees/*; do  # earlier commits' worktrees: nothing runs there now
+    [[ -d "$old" && "$old" != "$wt" ]] && git -C "$ROOT" worktree remove --force "$old" || true
+  done
   if [[ ! -d "$wt" ]]; then
     git -C "$ROOT" worktree prune
     git -C "$ROOT" worktree add --detach "$wt" "$commit" >/dev/null
@@ -28,9 +31,11 @@ start)
   fi
   # The worktree's package first on sys.path, whatever the venv's editable install points at.
   cd "$wt"
-  PYTHONPATH="$wt" nohup nice -n 19 "$PY" -m ltbench.harvest run --results "$ROOT/results" \
+  # Its own session, hence its own scheduler autogroup, which the harvest sets to nice 19 itself:
+  # with autogroups, a process's nice weighs only against its own group's members.
+  PYTHONPATH="$wt" nohup setsid nice -n 19 "$PY" -m ltbench.harvest run --results "$ROOT/results" \
       --notebooks "$wt/notebooks" --status "$H/status.json" "${deadline[@]}" >>"$H/harvest.log" 2>&1 &
-  echo $! >"$H/pid"  # the python process itself (nohup and nice exec it), which the stop signals
+  echo $! >"$H/pid"  # the python process itself (nohup, setsid and nice exec it), which the stop signals
   cd "$ROOT"
   echo "harvest: started pid $(cat "$H/pid") on commit ${commit:0:12} (log: .harvest/harvest.log)"
   ;;
