@@ -159,6 +159,51 @@ def harvest(results: Union[str, os.PathLike] = "results", notebooks: Union[str, 
     return out
 
 
+#: Published rows whose gain over CE calibrates the cpu profile's length (ltbench.published).
+CALIBRATED = {"LDAM-DRW": "LDAM-DRW", "BBN": "BBN"}
+CALIBRATION_LENGTHS = (30, 50)
+
+
+def calibration(results: Union[str, os.PathLike] = "results",
+                notebooks: Union[str, os.PathLike] = "notebooks") -> Dict[str, Any]:
+    """The cpu profile's length from the calibration runs in the store: the shortest E of
+    :data:`CALIBRATION_LENGTHS` at which LDAM-DRW's and BBN's last-epoch gains over CE are each at
+    least half their published CIFAR-10 IR100 gains, else the longest. ``rows``: per length, each
+    method's top-1 (None while it is not trained); ``epochs``: the choice, None while undecided."""
+    from .published import published
+    from .runs import RunStore
+
+    ce_pub = published("CE (softmax)", "cifar10", 100)
+    rows = []
+    choice = None
+    for step in QUEUE:
+        if step.profile != "cpu" or not step.name.startswith("cpu calibration"):
+            continue
+        entries = _plan(step, results, notebooks)
+        store = RunStore(Path(results) / step.profile)
+        epochs = int(entries[0].spec.config["epochs"])
+        top1: Dict[str, Optional[float]] = {}
+        for e in entries:
+            label = e.labels[0]
+            r = store.load(e.spec) if e.status == "done" else None
+            top1[label] = None if r is None else round(float(r.top1_last), 2)
+        gains = {label: None if top1.get(label) is None or top1.get("CE") is None
+                 else round(top1[label] - top1["CE"], 2) for label in CALIBRATED}
+        ok = None if None in gains.values() else all(
+            gains[label] >= (published(row, "cifar10", 100) - ce_pub) / 2 for label, row in CALIBRATED.items())
+        rows.append({"epochs": epochs, "top1": top1, "gains": gains, "meets_half_published": ok})
+    for r in sorted(rows, key=lambda r: r["epochs"]):
+        if r["meets_half_published"] is None:
+            break  # a shorter length is undecided: nothing longer can be chosen yet
+        if r["meets_half_published"]:
+            choice = r["epochs"]
+            break
+    else:
+        choice = max(r["epochs"] for r in rows) if rows else None
+    half = {k: round((published(v, "cifar10", 100) - ce_pub) / 2, 2) for k, v in CALIBRATED.items()}
+    return {"rows": rows, "half_published_gains": half, "epochs": choice}
+
+
 def needed_keys(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os.PathLike] = "notebooks",
                 queue: Sequence[Step] = QUEUE) -> set:
     """Keys of the runs that a queued run depends on (stage 1, phase I): their weights are kept."""
@@ -244,7 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, text in (("run", "train the queue (foreground; tools/harvest.sh runs it niced in the background)"),
                        ("plan", "the queue's steps with their runs done / partial / pending"),
-                       ("stage", "git add the harvest's runs and the checkpoints the next session needs")):
+                       ("stage", "git add the harvest's runs and the checkpoints the next session needs"),
+                       ("calibrate", "the cpu profile's length from the calibration runs (JSON)")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--results", default="results", metavar="DIR")
         sp.add_argument("--notebooks", default="notebooks", metavar="DIR")
@@ -274,6 +320,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for r in rows:
                     print(f"{r['step']:>2} {r['name']:<62} {r['done']:>3} done {r['partial']:>2} partial "
                           f"{r['pending']:>3} pending  {r['left_M']:7.2f} M image-passes left")
+        elif args.cmd == "calibrate":
+            print(json.dumps(calibration(args.results, args.notebooks), indent=1))
         else:
             print(json.dumps(stage(args.results, args.notebooks)))
     except ValueError as exc:

@@ -254,3 +254,31 @@ def test_base_config_of_the_cpu_recipe_scales_every_epoch_relative_event():
     c = base_config("cifar10", 100, epochs=30, drw_epoch=0.8)
     assert (c.warmup_epochs, c.drw_epoch, c.lr, c.head_bias_init) == (3, 24, 0.1, "uniform")
     assert make_spec("joint", c).key == joint_spec(c).key
+
+
+def test_calibration_picks_the_shortest_length_with_half_the_published_gains(monkeypatch):
+    """Half of LDAM-DRW's (77.03 - 70.36) and BBN's (79.82 - 70.36) published gains: 3.335 and 4.73."""
+    from types import SimpleNamespace
+
+    from ltbench.runs import RunStore
+
+    table = {}
+
+    def fake_plan(step, results, notebooks):
+        ep = step.params["04_bbn_and_two_stage:epochs"]
+        return [SimpleNamespace(labels=[m], status="done" if (ep, m) in table else "pending",
+                                spec=SimpleNamespace(config={"epochs": ep}, key=f"{ep}{m}"))
+                for m in ("CE", "LDAM-DRW", "BBN")]
+
+    monkeypatch.setattr(harvest, "_plan", fake_plan)
+    monkeypatch.setattr(RunStore, "load", lambda self, spec: SimpleNamespace(top1_last=table[(spec.config["epochs"],
+                                                                                             spec.key[2:])]))
+    assert harvest.calibration()["epochs"] is None
+    table.update({(30, "CE"): 60.0, (30, "LDAM-DRW"): 63.34, (30, "BBN"): 64.73})
+    c = harvest.calibration()
+    assert c["epochs"] == 30 and c["rows"][0]["gains"] == {"LDAM-DRW": 3.34, "BBN": 4.73}
+    assert c["half_published_gains"] == {"LDAM-DRW": 3.34, "BBN": 4.73}
+    table[(30, "BBN")] = 64.7  # short of half BBN's gain: 50 epochs decide, once trained
+    assert harvest.calibration()["epochs"] is None
+    table.update({(50, "CE"): 65.0, (50, "LDAM-DRW"): 66.0, (50, "BBN"): 66.0})
+    assert harvest.calibration()["epochs"] == 50  # neither length meets it: the longest

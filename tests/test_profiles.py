@@ -63,7 +63,7 @@ def test_apply_profile_is_a_no_op_for_quick_and_for_the_runner(capsys):
 
 
 def test_apply_profile_names_an_unknown_profile():
-    with pytest.raises(ValueError, match=r"profile='paperr'.*smoke, quick, paper"):
+    with pytest.raises(ValueError, match=r"profile='paperr'.*smoke, quick, cpu, paper"):
         profiles.apply_profile("01_long_tailed_cifar", _namespace("01_long_tailed_cifar", profile="paperr"))
 
 

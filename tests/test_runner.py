@@ -55,7 +55,7 @@ def test_profiles_structure_and_resolution() -> None:
     for name, prof in profiles.PROFILES.items():
         assert set(prof) <= {"*", *profiles.NOTEBOOKS}, name
         assert set(prof.get("*", {})) <= set(profiles.COMMON_PARAMETERS), name
-    assert set(profiles.PROFILES) >= {"smoke", "quick", "paper"}
+    assert set(profiles.PROFILES) >= {"smoke", "quick", "cpu", "paper"}
     paper = profiles.resolve_overrides("paper", "01_long_tailed_cifar")
     assert paper["epochs"] == 200 and sorted(paper["imbalance_ratios"]) == [10, 50, 100]
     assert set(paper["datasets"]) == {"cifar10", "cifar100"}
@@ -64,7 +64,7 @@ def test_profiles_structure_and_resolution() -> None:
     got["seeds"].append(99)  # a fresh copy: PROFILES is untouched
     assert profiles.PROFILES["smoke"]["*"]["seeds"] == [0]
     assert profiles.resolve_overrides("quick", "99_unknown") == profiles.PROFILES["quick"]["*"]
-    with pytest.raises(ValueError, match="valid profiles: smoke, quick, paper"):
+    with pytest.raises(ValueError, match="valid profiles: smoke, quick, cpu, paper"):
         profiles.resolve_overrides("nope", "01_long_tailed_cifar")
 
 
@@ -89,7 +89,7 @@ def _nothing_ran(results: Path) -> bool:
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"profile": "nope"}, r"unknown profile.*valid profiles: smoke, quick, paper"),
+    ({"profile": "nope"}, r"unknown profile.*valid profiles: smoke, quick, cpu, paper"),
     ({"only": ["09_missing"]}, r"unknown notebook.*valid notebooks: 01_ok, 02_raises"),
     ({"only": ["0"]}, r"ambiguous"),
     ({"overrides": {"epoch": 3}}, r"unknown parameter 'epoch'.*did you mean 'epochs'.*"
