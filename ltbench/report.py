@@ -659,6 +659,19 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
     return "\n".join(out)
 
 
+def budget_section(budget: "pd.DataFrame", png: Path, results_dir: Path) -> List[str]:
+    """README lines of the accuracy-against-budget table and figure (:mod:`ltbench.budget`)."""
+    rows = [(m, int(e), fmt_mean_std(mu, sd, int(n)), int(n), p, fmt(pub))
+            for m, e, mu, sd, n, p, pub in budget[["method", "epochs", "mean", "std", "n", "profiles",
+                                                    "published"]].itertuples(index=False)]
+    return ["## Accuracy against training budget (CIFAR-10-LT IR100, ResNet-32)", "",
+            "Last-epoch top-1 of every finished run of these methods on the full CIFAR-10-LT IR100 (batch 128, "
+            "the full test set) by the length of its first-stage schedule; the published numbers are 200-epoch "
+            "single runs.", "",
+            markdown_table(["method", "epochs", "top-1 last", "seeds", "profiles", "published (200 ep)"], rows), "",
+            f"![budget]({_rel(png, results_dir)})", "", f"[PDF]({_rel(png.with_suffix('.pdf'), results_dir)})", ""]
+
+
 def write_report(results_dir: os.PathLike | str = "results") -> Dict[str, Any]:
     """Write ``summary.csv``, ``README.md`` and ``figures/*.png`` / ``*.pdf`` under ``results_dir``,
     which must exist (a mistyped path is refused rather than created with an empty report)."""
@@ -671,7 +684,13 @@ def write_report(results_dir: os.PathLike | str = "results") -> Dict[str, Any]:
     problems = [*problems, *more]
     csv = atomic_write_text(root / "summary.csv", df.to_csv(index=False))
     figures = make_figures(summary, root / "figures")
-    readme = atomic_write_text(root / "README.md",
-                               render_readme(df, summary, figures, root, problems))
+    from .budget import budget_frame, plot_budget
+
+    budget = budget_frame(root)
+    budget_png = plot_budget(budget, root / "figures" / "budget_cifar10_ir100.png")
+    text = render_readme(df, summary, figures, root, problems)
+    if budget_png is not None:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(budget_section(budget, budget_png, root)) + "\n"
+    readme = atomic_write_text(root / "README.md", text)
     return {"summary_csv": csv, "readme": readme, "figures": figures, "runs": len(df),
             "groups": len(summary), "warnings": problems, "table": summary}
