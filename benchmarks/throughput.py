@@ -8,6 +8,8 @@ Same model (ResNet-32), batch size and data (CIFAR-10-LT IR100, 12,406 images) i
   dataloader_bf16    the same with bf16 autocast and channels_last (a fair baseline on a GPU)
   eager              ltbench's engine: data on the device, batched augmentation, eager step
   compiled           the same with torch.compile of the model (ExecOptions(compile=True))
+  eager_cl, compiled_cl  the same two in channels_last memory format, which the engine uses on
+                     CUDA only (measured here to decide it on CPU)
   static             the fast path's padded static shapes, eager step (ExecOptions(fast="static"))
   graph              the fast path: forward+loss+backward+SGD as one compiled graph, CUDA graphs on
                      CUDA (ExecOptions(fast="graph"), execute --fast)
@@ -56,7 +58,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 #: In the order they run (the most telling first, for a session with a time limit).
-ROWS = ("dataloader", "dataloader_bf16", "eager", "graph", "packs", "procs", "compiled", "static")
+ROWS = ("dataloader", "dataloader_bf16", "eager", "graph", "packs", "procs", "compiled", "static", "eager_cl",
+        "compiled_cl")
 EPOCHS = 200
 
 
@@ -177,10 +180,16 @@ def bench_dataloader(data, device, steps, warmup, batch_size, workers, bf16=Fals
     return row
 
 
-def bench_engine(data, device, steps, warmup, batch_size, compile_model=False) -> Row:
+def bench_engine(data, device, steps, warmup, batch_size, compile_model=False, channels_last=False) -> Row:
     from ltbench.engine import Trainer
 
     trainer = Trainer(_cfg(device, batch_size, compile=compile_model), data=data, progress=False)
+    if channels_last and not trainer.channels_last:
+        # The engine uses channels_last on CUDA only; this row measures it where it is off (CPU).
+        trainer.channels_last = True
+        trainer.model = trainer.model.to(memory_format=torch.channels_last)
+        trainer.train_set = trainer.build_dataset("train")
+        trainer.forward = trainer.wrap_model(trainer.model)
     trainer.model.train()
     trainer.on_epoch_start(10)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -192,7 +201,8 @@ def bench_engine(data, device, steps, warmup, batch_size, compile_model=False) -
         loss.backward()
         trainer.optimizer.step()
 
-    row = _measure("compiled" if compile_model else "eager", step, device, steps, warmup, batch=batch_size,
+    name = ("compiled" if compile_model else "eager") + ("_cl" if channels_last else "")
+    row = _measure(name, step, device, steps, warmup, batch=batch_size,
                    compile_steps=3 if compile_model else 0)
     row.note = f"amp={'bf16' if trainer.amp_dtype else 'off'}, channels_last={trainer.channels_last}"
     return row
@@ -383,6 +393,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             jobs.append((name, lambda: bench_engine(data, device, steps, warmup, args.batch_size)))
         elif name == "compiled" and not no_inductor:
             jobs.append((name, lambda: bench_engine(data, device, steps, warmup, args.batch_size, compile_model=True)))
+        elif name == "eager_cl":
+            jobs.append((name, lambda: bench_engine(data, device, steps, warmup, args.batch_size, channels_last=True)))
+        elif name == "compiled_cl" and not no_inductor:
+            jobs.append((name, lambda: bench_engine(data, device, steps, warmup, args.batch_size, compile_model=True,
+                                                    channels_last=True)))
         elif name == "static":
             jobs.append((name, lambda: bench_fast(data, device, steps, warmup, args.batch_size, "static")))
         elif name == "graph" and not no_inductor:

@@ -117,7 +117,11 @@ def conclusion(claim: str, findings: "Any", profile: str, out_dir: Optional[str 
     findings = [findings] if isinstance(findings, str) else list(findings)
     lines += [f"- {f}" for f in findings] if findings else ["- no result to check (no run finished)."]
     lines.append("")
-    if profile != "paper":
+    if profile == "cpu":
+        lines += ["> Profile `cpu` trains the papers' data and recipe compressed to a CPU budget (docs/methods.md §2): "
+                  "a verdict compares each method's gain over the baseline with the published gain (its sign and "
+                  "size), not the absolute numbers, which no paper reports at this length.", ""]
+    elif profile != "paper":
         lines += [f"> Profile `{profile}` trains briefly on a subset: a verdict here checks the pipeline and the "
                   "direction of an effect, not the paper's numbers (those need the `paper` profile).", ""]
     if note:

@@ -52,3 +52,24 @@ def test_budget_label_of_bbn_variants_and_crt_on_other_stage1():
     rw = joint_spec(base_config("cifar10", 100, epochs=30, loss="balanced_ce", loss_params={"power": 1.0}))
     assert budget_label(stage_two_spec(rw, "crt", epochs=10).to_dict()) is None
     assert budget_label(joint_spec(base_config("cifar10", 100, epochs=30, drw_epoch=0.8)).to_dict()) == "CE-DRW"
+
+
+def test_gain_findings_compare_each_gain_over_ce_with_the_published_gain():
+    import pandas as pd
+
+    from ltbench.experiments import gain_findings
+
+    rows = []
+    for seed, (ce, ldam, bbn) in enumerate([(60.0, 64.0, 61.0), (62.0, 65.0, 63.0)]):
+        for m, t, pub in (("CE", ce, 70.36), ("LDAM-DRW", ldam, 77.03), ("BBN", bbn, 79.82), ("mine", ce + 5, None)):
+            rows.append({"method": m, "dataset": "cifar10", "IR": 100, "seed": seed, "top1_last": t, "published": pub})
+    lines = gain_findings(pd.DataFrame(rows), epochs=30)
+    assert len(lines) == 2  # "mine" has no published number
+    assert lines[0].startswith("LDAM-DRW vs CE, cifar10-IR100: published +6.67 points (77.03 vs 70.36); ours +3.50 ± 0.71 "
+                               "over 2 seeds, beyond the seed spread at 30 epochs → holds.")
+    assert "ours +1.00 ± 0.00 over 2 seeds, beyond the seed spread at 30 epochs → holds in part (positive, under half" in lines[1]
+    one = pd.DataFrame([r for r in rows if r["seed"] == 0 and r["method"] in ("CE", "BBN")])
+    one.loc[one.method == "BBN", "top1_last"] = 59.0
+    assert gain_findings(one) == ["BBN vs CE, cifar10-IR100: published +9.46 points (79.82 vs 70.36); ours -1.00 → "
+                                  "does not hold."]
+    assert gain_findings(one[one.method == "BBN"]) == [] and gain_findings(one.iloc[0:0]) == []

@@ -37,7 +37,7 @@ from ..runs import ExecOptions, RunSpec, RunStore, run
 __all__ = [
     "PlannedRun", "EXPERIMENTS", "experiment", "tier_for", "materialize", "select", "notebook_parameters",
     "runs_for_notebook", "MANIFEST", "TIERS", "is_baseline", "dedupe", "base_config", "check_datasets",
-    "results_frame", "summary_frame", "planned", "write_manifest", "choose",
+    "results_frame", "summary_frame", "gain_findings", "planned", "write_manifest", "choose",
 ]
 
 #: Priority tiers, most valuable first.
@@ -384,6 +384,47 @@ def results_frame(results: Iterable[TrainResult]) -> "Any":
             "published": published(row, ds, ir) if row else None, "train_s": r.train_seconds,
         })
     return pd.DataFrame(rows)
+
+
+def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None) -> List[str]:
+    """One line per (method, dataset, IR) of ``df`` (:func:`results_frame`) that has a published
+    number: the published gain over ``baseline``, ours (the last-epoch difference per seed, paired
+    by seed, mean ± std), and whether the claim holds: *holds* when ours is positive and at least
+    half the published gain, *holds in part* when it is positive but smaller, *does not hold* when
+    it is not positive. With several seeds the line says whether the mean exceeds the seed spread."""
+    import numpy as np
+
+    from ..notebook import verdict
+
+    lines: List[str] = []
+    if df is None or len(df) == 0:
+        return lines
+    for (ds, ir), g in df.groupby(["dataset", "IR"], sort=False):
+        base = g[g["method"] == baseline]
+        if base.empty or base["published"].isna().all():
+            continue
+        pub_base = float(base["published"].dropna().iloc[0])
+        base_by_seed = dict(zip(base["seed"], base["top1_last"]))
+        for method, m in g[g["method"] != baseline].groupby("method", sort=False):
+            pub = m["published"].dropna()
+            pairs = [(t - base_by_seed[sd]) for sd, t in zip(m["seed"], m["top1_last"]) if sd in base_by_seed]
+            if pub.empty or not pairs:
+                continue
+            pub_gain = float(pub.iloc[0]) - pub_base
+            mean = float(np.mean(pairs))
+            spread = ""
+            if len(pairs) > 1:
+                sd_ = float(np.std(pairs, ddof=1))
+                spread = (f" ± {sd_:.2f} over {len(pairs)} seeds, "
+                          f"{'beyond' if abs(mean) > sd_ else 'within'} the seed spread")
+            holds = mean > 0
+            partial = holds and pub_gain > 0 and mean < pub_gain / 2
+            at = f" at {epochs} epochs" if epochs else ""
+            lines.append(f"{method} vs {baseline}, {ds}-IR{float(ir):g}: published {pub_gain:+.2f} points "
+                         f"({float(pub.iloc[0]):.2f} vs {pub_base:.2f}); ours {mean:+.2f}{spread}{at} → "
+                         f"{verdict(holds, partial=partial)}"
+                         + (" (positive, under half the published gain)" if partial else "") + ".")
+    return lines
 
 
 def summary_frame(df: "Any") -> "Any":
