@@ -156,7 +156,12 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "*": {"device": "auto", "seeds": [0]},
         "01_long_tailed_cifar": _with(_CPU),
         "02_focal_and_balanced_ce": _with(_CPU, methods=None),
-        "03_class_balanced_loss": _with(_CPU, methods=None),
+        # CB Table 2's beta = 0.9999 column (its best for IR100) beside the plain losses; the other betas are
+        # 12 more runs (4.5 M image-passes) of tier 2, left to `-p 03_class_balanced_loss:methods=None`.
+        "03_class_balanced_loss": _with(_CPU, methods=["softmax", "sigmoid", "focal gamma 0.5", "focal gamma 1",
+                                                       "focal gamma 2", "CB softmax beta 0.9999", "CB sigmoid beta 0.9999",
+                                                       "CB focal beta 0.9999 gamma 0.5", "CB focal beta 0.9999 gamma 1",
+                                                       "CB focal beta 0.9999 gamma 2"]),
         # Stage 2 a third of E (cRT, the grid's classifiers) and LWS 5 epochs, as in the paper.
         "04_bbn_and_two_stage": _with(_CPU, crt_epochs=10, lws_epochs=5, ablation_samplers=None,
                                       ablation_adaptors=None),

@@ -84,7 +84,12 @@ def test_published_numbers() -> None:
     assert row.error[("cifar10", 50.0)] == 18.04 and row.values[("cifar10", 50.0)] == 81.96
     assert pub.CB_TABLE2_BEST_CONFIG[("cifar100", 100.0)] == {"loss": "cb_focal", "beta": 0.9,
                                                              "gamma": 1.0}
-    assert len(pub.CIFAR_LT) == 17 and all(r.source for r in pub.ROWS.values())
+    assert len(pub.CIFAR_LT) == 18 and all(r.source for r in pub.ROWS.values())
+    # the CB best of the C10-LT IR100 column as its own row (docs/methods.md §10.2), that column only
+    cfg = pub.CB_TABLE2_BEST_CONFIG[("cifar10", 100.0)]
+    assert (cfg["loss"], cfg["beta"], cfg["gamma"]) == ("cb_focal", 0.9999, 1.0)
+    assert pub.published("CB focal beta 0.9999 gamma 1", "cifar10", 100) == pub.published("CB best per column", "cifar10", 100)
+    assert pub.published("CB focal beta 0.9999 gamma 1", "cifar10", 50) is None
     assert any("single runs" in c for c in pub.CAVEATS)
     assert any("JPEG" in c for c in pub.CAVEATS)
     with pytest.raises(ValueError, match="valid rows: CE \\(softmax\\)"):

@@ -19,7 +19,8 @@ def all_methods(betas: Sequence[float], focal_gammas: Sequence[float]) -> Tuple[
         methods[f"CB sigmoid beta {b:g}"] = {"loss": "cb_sigmoid", "loss_params": {"beta": b}}
         for g in focal_gammas:
             methods[f"CB focal beta {b:g} gamma {g:g}"] = {"loss": "cb_focal", "loss_params": {"beta": b, "gamma": g}}
-    published = {"softmax": "CE (softmax)", "sigmoid": "sigmoid CE", "CB softmax beta 0.9999": "CB softmax beta 0.9999"}
+    published = {"softmax": "CE (softmax)", "sigmoid": "sigmoid CE", "CB softmax beta 0.9999": "CB softmax beta 0.9999",
+                 "CB focal beta 0.9999 gamma 1": "CB focal beta 0.9999 gamma 1"}
     published.update({f"focal gamma {g:g}": f"sigmoid focal gamma {g:g}" for g in focal_gammas})
     return methods, published
 
