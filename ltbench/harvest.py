@@ -86,6 +86,8 @@ QUEUE: Tuple[Step, ...] = (
          params={"datasets": ["cifar10"], "imbalance_ratios": [100]}, seeds=1),
 )
 
+#: Profiles whose checkpoints are committed (hours of CPU each); a quick run retrains in seconds.
+CHECKPOINT_PROFILES = ("cpu", "paper")
 #: Folder (under the repository root) of the harvest's worktrees, log, pid and status files.
 HARVEST_DIR = ".harvest"
 STATUS_FILE = "status.json"
@@ -240,7 +242,7 @@ def stage(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os
     profiles = [p for p in sorted({s.profile for s in queue}) if (root / p).is_dir()]
     if needed is None:
         needed = needed_keys(results, notebooks, queue)
-    keep, drop = stage_files(root, profiles, needed)
+    keep, drop = stage_files(root, [p for p in profiles if p in CHECKPOINT_PROFILES], needed)
     repo = _git(["rev-parse", "--show-toplevel"], root).strip()
     if profiles:
         _git(["add", "-A", "--", *[str(root / p) for p in profiles]], repo)
