@@ -52,6 +52,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _portable(text: str, temporary: str = "") -> str:
+    """``text`` with this checkout's and the temporary folder's absolute paths made relative /
+    named, so committed results name no machine's folders."""
+    if temporary:
+        text = text.replace(temporary, "(temporary folder)")
+    return text.replace(str(ROOT) + os.sep, "")
+
+
 def measure(row: str, epochs: int, store_root: Path) -> Dict[str, Any]:
     from ltbench.experiments import base_config
     from ltbench.methods import joint_spec
@@ -91,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     header = {"device": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "date": date.today().isoformat(), "code": code_version(),
-              "command": "python benchmarks/cpu_run.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))}
+              "command": _portable("python benchmarks/cpu_run.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])))}
     print(" | ".join(f"{k}: {v}" for k, v in header.items()), flush=True)
     out = Path(args.out) if args.out else ROOT / "results" / "benchmarks" / f"cpu_run_{header['date']}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for row in rows:
             store = Path(args.store) if (row == "default" and args.store) else Path(tmp) / row
             r = measure(row, args.epochs, store)
+            r["store"] = _portable(str(Path(r["store"]).resolve()), str(Path(tmp).resolve()))
             results.append(r)
             print(r, flush=True)
             new = not out.exists()
