@@ -55,7 +55,7 @@ lint: install
 # cifar10.tgz, the resume state of unfinished paper runs and the stage-1 weights pending runs need, a
 # manifest; fails if the working tree plus .carry reaches the device's 64 MiB.
 carry: install
-	$(PY) -m ltbench.session carry --profile paper --carry .carry
+	$(PY) -m ltbench.ops carry --profile paper --carry .carry
 
 # The harvest (ltbench/harvest.py): the queue of CPU runs, niced, in the background, from a clean
 # worktree of HEAD; HARVEST_SECONDS sets a deadline. harvest-stop finishes the epoch and checkpoints;

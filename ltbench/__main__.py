@@ -11,39 +11,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from ltbench.profiles import DEFAULT_PROFILE, PROFILES
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ltbench",
-                                 description="Reproduce long-tailed recognition papers.")
-    sub = ap.add_subparsers(dest="command", required=True,
-                            metavar="{plan,execute,run,report,import,methods,profiles}")
+def _runs_args(p: argparse.ArgumentParser) -> None:
+    """The arguments plan and execute share (which runs)."""
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help=f"parameter profile ({', '.join(PROFILES)}; default {DEFAULT_PROFILE})")
+    p.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                   help="notebooks whose runs to include (stem or unique prefix such as 04); default all")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds=list(range(N)) for every notebook")
+    p.add_argument("-p", "--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override a notebook parameter as for `run` (e.g. -p 'datasets=[\"cifar10\"]')")
+    p.add_argument("--results", default="results", metavar="DIR", help="results folder (default results)")
+    p.add_argument("--notebooks", default="notebooks", metavar="DIR", help="notebooks folder (default notebooks)")
 
-    def runs_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", default=DEFAULT_PROFILE,
-                       help=f"parameter profile ({', '.join(PROFILES)}; default {DEFAULT_PROFILE})")
-        p.add_argument("--only", nargs="+", action="extend", metavar="NAME",
-                       help="notebooks whose runs to include (stem or unique prefix such as 04); default all")
-        p.add_argument("--seeds", type=int, metavar="N", help="seeds=list(range(N)) for every notebook")
-        p.add_argument("-p", "--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                       help="override a notebook parameter as for `run` (e.g. -p 'datasets=[\"cifar10\"]')")
-        p.add_argument("--results", default="results", metavar="DIR", help="results folder (default results)")
-        p.add_argument("--notebooks", default="notebooks", metavar="DIR", help="notebooks folder (default notebooks)")
 
+def _add_plan_execute(sub: Any) -> None:
     pl = sub.add_parser("plan", help="list a profile's unique runs with tier, cost and status",
                         description="List the unique training runs of every notebook of a profile (shared runs "
                         "once, dependencies included) with tier (0 baselines, 1 published cells, 2 the rest), "
                         "estimated cost in image-passes and status (done / partial / pending).")
-    runs_args(pl)
+    _runs_args(pl)
     pl.add_argument("--json", action="store_true", help="print the plan as a JSON list")
 
     ex = sub.add_parser("execute", help="train a profile's pending runs (tier order, workers, deadline)",
                         description="Train the pending runs of a profile in tier order, dependencies first. At "
                         "the deadline each worker finishes its epoch, checkpoints and stops; run again to resume.")
-    runs_args(ex)
+    _runs_args(ex)
     ex.add_argument("--tiers", default=None, metavar="T,T", help="tiers to train, e.g. 0,1 (default all)")
     ex.add_argument("--deadline", type=float, metavar="SECONDS", help="stop starting epochs after this many seconds")
     ex.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes (default 1)")
@@ -61,8 +58,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data-root", default=None, metavar="DIR", help="data folder (default $LTBENCH_DATA, else ./data)")
     ex.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sub.add_parser("methods", help="list the registered training methods (one line each)")
 
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser(
         "run", help="execute the notebooks with papermill into RESULTS/<profile>/<notebook>/",
         description="Execute notebooks with papermill. Every parameter is validated against "
@@ -106,6 +104,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub_opts.add_argument("--array-parallelism", type=int, metavar="K",
                           help="jobs running at once (SLURM array limit; local default 1)")
 
+
+
+def _add_report_import_profiles(sub: Any) -> None:
     rep = sub.add_parser("report", help="collect metrics.json files into summary.csv, "
                          "README.md and figures/")
     rep.add_argument("--results", default="results", metavar="DIR",
@@ -123,6 +124,38 @@ def _build_parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profiles", help="show the parameter overrides of a profile")
     prof.add_argument("--profile", default=None, help="one profile (default all)")
+
+
+def _add_compare(sub: Any) -> None:
+    cmp = sub.add_parser(
+        "compare", help="your loss against the baselines (CE, CB focal, LDAM-DRW, cRT, BBN) from the store",
+        description="Train your loss (a class in your own file or module) on the profile's CE recipe and seeds, "
+        "load the profile's baselines from its store (never retrained unless --train-baselines) and write the "
+        "table, the per-class figure and a verdict per baseline to RESULTS/<profile>/compare/<name>/ "
+        "(docs/your_method.md).")
+    cmp.add_argument("--method", required=True, metavar="FILE.py:NAME",
+                     help="your loss: 'path/to/file.py:ClassName' or 'module:ClassName' (a LossBase subclass)")
+    cmp.add_argument("--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                     help="your loss's constructor arguments (e.g. --param tau=1.0); part of the runs' identity")
+    cmp.add_argument("--name", default=None, help="its name in the table (default: the class name)")
+    cmp.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile ({', '.join(PROFILES)})")
+    cmp.add_argument("--seeds", type=int, metavar="N", help="seeds=list(range(N)) (default: the profile's)")
+    cmp.add_argument("--results", default="results", metavar="DIR", help="results folder (default results)")
+    cmp.add_argument("--notebooks", default="notebooks", metavar="DIR", help="notebooks folder (default notebooks)")
+    cmp.add_argument("--device", default="auto", help="device of your runs: auto (default), cpu, cuda")
+    cmp.add_argument("--train-baselines", action="store_true", help="train the baselines missing from the store")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m ltbench",
+                                 description="Reproduce long-tailed recognition papers.")
+    sub = ap.add_subparsers(dest="command", required=True,
+                            metavar="{plan,execute,run,report,import,methods,profiles,compare}")
+    _add_plan_execute(sub)
+    sub.add_parser("methods", help="list the registered training methods (one line each)")
+    _add_run(sub)
+    _add_report_import_profiles(sub)
+    _add_compare(sub)
     return ap
 
 
@@ -188,7 +221,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ltbench import runner
+    from ltbench import batch, runner
 
     backend_options = {opt: getattr(args, flag) for flag, opt in _SUBMITIT_FLAGS.items()
                        if getattr(args, flag) is not None}
@@ -196,7 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if backend_options and args.backend != "submitit":
             flags = ", ".join("--" + f.replace("_", "-") for f in backend_options)
             raise runner.ConfigError(f"only with --backend submitit: {flags} (got --backend {args.backend})")
-        statuses = runner.run_batch(
+        statuses = batch.run_batch(
             args.backend,
             profile=args.profile, only=args.only, seeds=args.seeds, force=args.force,
             results_dir=args.results, notebooks_dir=args.notebooks,
@@ -229,9 +262,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ltbench.session import main as session_main
+    from ltbench.ops import main as session_main
 
-    # One implementation (exit 3: a refused conflicting run, 2: bad input): ltbench.session's.
+    # One implementation (exit 3: a refused conflicting run, 2: bad input): ltbench.ops'.
     return session_main(["import", *args.files, "--results", args.results, *(["--dry-run"] if args.dry_run else [])])
 
 
@@ -254,12 +287,30 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ltbench import compare, runner
+
+    try:
+        result = compare.compare(args.method, runner.parse_assignments(args.param), args.profile, args.seeds,
+                                 args.results, args.notebooks, args.name, args.train_baselines, args.device)
+    except (runner.ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.table.to_string(index=False))
+    for v in result.verdicts:
+        print(f"- {v}")
+    for f in result.files:
+        print(f"wrote {f}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m ltbench`` and of the ``ltbench`` console script."""
     args = _build_parser().parse_args(argv)
     try:
         return {"plan": _cmd_plan, "execute": _cmd_execute, "methods": _cmd_methods, "run": _cmd_run,
-                "report": _cmd_report, "import": _cmd_import, "profiles": _cmd_profiles}[args.command](args)
+                "report": _cmd_report, "import": _cmd_import, "profiles": _cmd_profiles,
+                "compare": _cmd_compare}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_state
 from .config import TrainConfig
 from .engine import CHECKPOINT_FILE, EvalResult, Trainer, TrainResult, derive_seed
 from .models import MODELS, CifarResNet, get_classifier
@@ -396,7 +397,8 @@ class BBNTrainer(Trainer):
     """Trains a :class:`BBNConfig` with BBN's two-sampler step and cumulative learning (docs/methods.md §7).
 
     Per epoch ``t`` (0-based) the adaptor gives ``alpha`` of the 1-based epoch ``t + 1`` once,
-    as a 0-d tensor on the device (no host synchronisation inside the step). The history gets an
+    written in place into one 0-d tensor on the device (no host synchronisation inside the step,
+    and the fast path's traced step reads the same tensor every epoch). The history gets an
     ``alpha`` column; :meth:`fit` also records the combined model and each branch alone on the
     test set in ``extras["branches"]``.
     """
@@ -443,7 +445,7 @@ class BBNTrainer(Trainer):
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self._alpha = torch.tensor(self.alpha(epoch), device=self.device)
+        self._alpha.fill_(self.alpha(epoch))
 
     def epoch_batches(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Pairs ``(idx_c, idx_r)`` of index tensors on the device, one batch from each sampler."""
@@ -454,17 +456,25 @@ class BBNTrainer(Trainer):
         n = (n // bs) * bs if self.cfg.drop_last else n
         return zip(idx_c[:n].split(bs), idx_r[:n].split(bs))
 
-    def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor], epoch: int,
-                      generator: torch.Generator) -> torch.Tensor:
-        """``alpha CE(z, y_c) + (1 - alpha) CE(z, y_r)``, ``z = fc(2 [alpha f_c(x_c), (1 - alpha) f_r(x_r)])``."""
+    #: The conventional and the re-balancing batch, both per sample (equal sizes).
+    step_input_kinds = ("sample",) * 4
+
+    def step_inputs(self, batch: Tuple[torch.Tensor, torch.Tensor], epoch: int,
+                    generator: torch.Generator) -> Tuple[torch.Tensor, ...]:
+        """``(x_c, y_c, x_r, y_r)``: both batches augmented, the conventional one first."""
         idx_c, idx_r = batch
         x_c, y_c = self.train_set.batch(idx_c, augment=True, generator=generator)
         x_r, y_r = self.train_set.batch(idx_r, augment=True, generator=generator)
+        return x_c, y_c, x_r, y_r
+
+    def step_loss(self, x_c: torch.Tensor, y_c: torch.Tensor, x_r: torch.Tensor, y_r: torch.Tensor, *,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``alpha CE(z, y_c) + (1 - alpha) CE(z, y_r)``, ``z = fc(2 [alpha f_c(x_c), (1 - alpha) f_r(x_r)])``."""
         a = self._alpha
         with self.autocast():
             logits = self.forward(x_c, x_r, a)
         logits = logits.float()
-        return a * self.loss_fn(logits, y_c) + (1 - a) * self.loss_fn(logits, y_r)
+        return a * self.criterion(logits, y_c, mask) + (1 - a) * self.criterion(logits, y_r, mask)
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         row = super().train_epoch(epoch)
@@ -505,7 +515,7 @@ class BBNTrainer(Trainer):
         if not path.exists():
             raise FileNotFoundError(f"no BBN checkpoint at {path}; train it first with "
                                     "ltbench.runs.run(ltbench.methods.bbn_spec(cfg), store)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state(path)
         try:
             cfg = BBNConfig.from_dict(state["config"])
         except ValueError as exc:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from .published import published
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -67,8 +69,6 @@ def budget_frame(results_dir: os.PathLike | str = "results") -> "pd.DataFrame":
     """One row per (method, epochs): mean and std of last-epoch top-1 over seeds, the number of
     seeds, the profiles the runs came from and the published 200-epoch value."""
     import pandas as pd
-
-    from .published import published
 
     rows: List[Dict[str, Any]] = []
     for spec_path in sorted(Path(results_dir).glob("*/runs/*/spec.json")):

@@ -6,6 +6,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
+from .data import LARGE_DATASETS, SOURCES, known_long_tail_shape, zero_count_message
+from .losses import LOSSES, check_loss
+from .plugins import is_reference
+from .models import CLASSIFIERS, MODELS
+from .samplers import SAMPLERS
+from .schedules import SCHEDULES
+
 
 @dataclass
 class TrainConfig:
@@ -89,12 +96,6 @@ class TrainConfig:
         real ints and no booleans, numbers must be finite), then checked for its valid values.
         Subclasses extend this and call ``super().validate()``.
         """
-        from .data import LARGE_DATASETS, SOURCES
-        from .losses import LOSSES
-        from .models import CLASSIFIERS, MODELS
-        from .samplers import SAMPLERS
-        from .schedules import SCHEDULES
-
         def need(ok: bool, name: str, valid: str) -> None:
             if not ok:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be {valid}")
@@ -115,6 +116,8 @@ class TrainConfig:
         need(self.classifier in CLASSIFIERS, "classifier", f"one of {CLASSIFIERS}")
         need(self.head_bias_init in HEAD_BIAS_INITS, "head_bias_init", f"one of {HEAD_BIAS_INITS}")
         LOSSES.get(self.loss)
+        if is_reference(self.loss):  # outside the package: refuse a broken loss before any work
+            check_loss(self.loss, **self.loss_params)
         SAMPLERS.get(self.sampler)
         SCHEDULES.get(self.schedule)
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
@@ -151,8 +154,6 @@ class TrainConfig:
     def _check_long_tail(self) -> None:
         """IR and n_max must leave every class at least one image: checked here when n_max and the
         class count are known before the data is read (else by ``build_long_tailed``)."""
-        from .data import known_long_tail_shape, zero_count_message
-
         shape = known_long_tail_shape(self.dataset, self.n_max, self.data_options)
         if shape is None:
             return

@@ -3,8 +3,9 @@
 ``Trainer`` holds the data on the device, draws batches as index tensors from a sampler, runs
 batched augmentation and one optimiser step per batch with no host synchronisation inside the
 step, evaluates every ``eval_every`` epochs and checkpoints every ``checkpoint_every`` epochs with
-exact resume. Methods that need a different step (BBN, classifier re-training, FSA, OHEM)
-subclass it and override :meth:`Trainer.training_step` / :meth:`Trainer.predict`.
+exact resume. Methods that need a different step (BBN, FSA, OHEM, mixup) subclass it and
+override :meth:`Trainer.step_inputs` / :meth:`Trainer.step_loss` (the step contract, see
+:class:`Trainer`) and :meth:`Trainer.predict`.
 
 Multi-process training (torchrun + DistributedDataParallel) and datasets streamed from disk
 plug in through four hooks that are no-ops here (:meth:`Trainer.build_dataset`,
@@ -34,18 +35,22 @@ from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .checkpoint import CHECKPOINT_FILE, load_state
 from .config import LEGACY_HEAD_BIAS_INIT, TrainConfig
 from .data import DeviceDataset, LongTailedData, build_long_tailed
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .losses import build_loss, class_balanced_weights
+from .losses.ldam import LDAMLoss
 from .metrics import confusion_matrix, expected_calibration_error, per_class_accuracy, shot_accuracy
 from .models import build_model, get_classifier
 from .samplers import build_sampler
 from .schedules import learning_rate
 
 METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 EXTRAS_FILE = "extras.json"
+#: Configuration class -> names of the methods that train it, for error messages; the method
+#: registry (:data:`ltbench.runs.METHODS`) fills it as methods are registered.
+CONFIG_METHODS: Dict[type, List[str]] = {}
 
 #: TrainConfig fields that say how a run executes, not what it computes: they are not part of a
 #: run's identity (:class:`ltbench.runs.RunSpec`), and a checkpoint resumes across them.
@@ -249,7 +254,24 @@ def stop_requested() -> bool:
 
 
 class Trainer:
-    """Trains ``cfg`` on device-resident data. Subclass and override the hooks for other methods."""
+    """Trains ``cfg`` on device-resident data. Subclass and override the hooks for other methods.
+
+    A method is its step: override :meth:`step_inputs` / :meth:`step_loss`. One step is
+    ``step_loss(*step_inputs(batch, epoch, generator))`` (:meth:`training_step`), then backward and
+    the optimiser step. :meth:`step_inputs` is the eager part: index gathering, augmentation and
+    every random draw of the step (from ``generator`` or the trainer's own host generators), in
+    a fixed order; it returns a tuple of tensors. :meth:`step_loss` is the pure part: forward and
+    loss of those tensors only, with no host synchronisation and no random draw, so that
+    :mod:`ltbench.fastpath` can trace it whole (static shapes, one graph per step). State that
+    changes between steps or epochs is a tensor attribute of the trainer updated in place (or a
+    tensor input), never a new tensor or a Python number read by :meth:`step_loss`.
+
+    ``step_loss(*inputs, mask=None)``: ``mask`` is the fast path's 0/1 sample mask of a padded
+    static batch (None on the eager path); every reduction over samples then counts the
+    masked-in ones only (:meth:`criterion` hands it to the loss). :attr:`step_input_kinds` says
+    how the fast path pads each input. A trainer that overrides :meth:`training_step` itself (or
+    :meth:`train_epoch`) trains eagerly only.
+    """
 
     #: Processes sharing one step (DDP); ``cfg.batch_size`` is the global batch of all of them.
     world_size: int = 1
@@ -260,6 +282,12 @@ class Trainer:
     step_runner: Any = None
     #: ``ExecOptions(compile="auto")`` compiles this trainer's model on CPU and CUDA.
     COMPILE_AUTO: bool = True
+    #: One entry per tensor :meth:`step_inputs` returns, how the fast path pads it to a full batch:
+    #: ``"sample"``: rows are the batch's samples (or ``m`` rows per sample, sample-major), repeated
+    #: cyclically; ``"mask"``: a 0/1 sample mask, already static, of a sub-batch that
+    #: :meth:`step_loss` forwards (the masked BatchNorm uses it for forwards of its length); None:
+    #: passed as it is (per-step scalars such as mixup's lambda).
+    step_input_kinds: Tuple[Optional[str], ...] = ("sample", "sample")
 
     @classmethod
     def check_config(cls, cfg: TrainConfig) -> None:
@@ -270,9 +298,7 @@ class Trainer:
         registry (:data:`ltbench.runs.METHODS`) pairs every configuration class with its trainer.
         """
         if not isinstance(cfg, TrainConfig) or type(cfg) is not cls.config_cls:
-            from .runs import METHODS  # noqa: PLC0415 - the registry imports the engine
-
-            hint = [m.name for m in METHODS.values() if m.config_cls is type(cfg)]
+            hint = sorted(CONFIG_METHODS.get(type(cfg), ()))
             raise ValueError(f"{cls.__name__} trains a {cls.config_cls.__name__}, got cfg of type "
                              f"{type(cfg).__name__}" + (f"; run it as method {' / '.join(map(repr, hint))} "
                                                         "(ltbench.runs.METHODS)" if hint else ""))
@@ -415,11 +441,27 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def training_step(self, batch: Any, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        """Loss of one batch (the engine does backward and the optimiser step)."""
+        """Loss of one batch, ``step_loss(*step_inputs(...))`` (the engine does backward and the
+        optimiser step). Override :meth:`step_inputs` / :meth:`step_loss`, not this."""
+        return self.step_loss(*self.step_inputs(batch, epoch, generator))
+
+    def step_inputs(self, batch: Any, epoch: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]:
+        """The eager part of a step: the augmented batch ``(x, y)`` (crop offsets and flips drawn
+        from ``generator``)."""
         x, y = self.train_set.batch(batch, augment=True, generator=generator)
+        return x, y
+
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The traced part of a step: forward and loss (docs/methods.md §4)."""
         with self.autocast():
             logits = self.forward(x)
-        return self.loss_fn(logits.float(), y)
+        return self.criterion(logits.float(), y, mask)
+
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``loss_fn(logits, targets)``, given ``mask=`` only on a padded batch (a user's loss may
+        take none)."""
+        return self.loss_fn(logits, targets) if mask is None else self.loss_fn(logits, targets, mask=mask)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for evaluation (BBN overrides this with its inference rule)."""
@@ -437,8 +479,6 @@ class Trainer:
         """The factor between the model's output and the logits its loss sees: LDAM's ``s`` on a
         cosine head (which outputs cosines), else 1. Evaluation multiplies by it, so the softmax
         behind ECE is the one the loss trained; predictions do not change."""
-        from .losses.ldam import LDAMLoss
-
         return float(self.loss_fn.s) if isinstance(self.loss_fn, LDAMLoss) else 1.0
 
     @torch.no_grad()
@@ -566,7 +606,7 @@ class Trainer:
         atomic_torch_save(path, self.state_dict())
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_state(path, map_location=self.device)
         mine, theirs = self.cfg.to_dict(), dict(state["config"])
         theirs.setdefault("head_bias_init", LEGACY_HEAD_BIAS_INIT)  # written before the field existed
         changed = sorted(k for k in set(mine) | set(theirs)

@@ -14,6 +14,7 @@ notebook will see them under ``python -m ltbench run``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -24,17 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .checks import is_positive_int, is_positive_number, require
+from .data import DataNotFoundError, build_long_tailed
+from .data.large import LARGE_DATASETS
 from .engine import stop_requested
-from .experiments import EXPERIMENTS, TIERS, PlannedRun, notebook_parameters, runs_for_notebook
-from .profiles import check_profile, resolve_overrides
-from .runs import DONE, METHODS, PARTIAL, PENDING, DeadlineReached, ExecOptions, RunLocked, RunSpec, RunStore, run
+from .experiments import EXPERIMENTS, TIERS, PlannedRun, runs_for_notebook
+from .fastpath import check_mode, pack_key
+from .profiles import check_profile
+from .parameters import ConfigError, outside_clone_hint, resolve
+from .runs import (DONE, PARTIAL, PENDING, DeadlineReached, ExecOptions, RunLocked, RunSpec, RunStore, cost,
+                   run, run_pack, train_size)
+from .text import markdown_table
 
 __all__ = ["PlanEntry", "collect", "plan", "execute", "ExecuteReport", "cost", "train_size", "check_tiers", "pack_units",
            "check_data_available", "format_plan"]
-
-#: Per-class size of the full CIFAR training sets.
-_CIFAR = {"cifar10": (10, 5000), "cifar100": (100, 500)}
-
 
 @dataclass
 class PlanEntry:
@@ -71,37 +75,6 @@ class PlanEntry:
 
 
 # --------------------------------------------------------------------------------------------
-# Cost
-
-
-def train_size(config: Mapping[str, Any]) -> Optional[int]:
-    """Images per epoch of a run's configuration (None for datasets whose size needs the data)."""
-    from .data.counts import long_tailed_counts
-
-    num = (config.get("sampler_params") or {}).get("num_samples")
-    if isinstance(num, int) and num > 0:
-        return num
-    ds, opts = config.get("dataset"), dict(config.get("data_options") or {})
-    if ds in _CIFAR:
-        c, n = _CIFAR[ds]
-    elif ds == "synthetic":
-        c, n = int(opts.get("num_classes", 10)), int(opts.get("n_train_per_class", 100))
-    else:
-        return None
-    n_max = config.get("n_max") or n
-    return sum(long_tailed_counts(n_max, c, float(config["imbalance_ratio"]), config.get("lt_profile", "exp")))
-
-
-def cost(spec: RunSpec) -> Optional[float]:
-    """Estimated training image-passes of ``spec`` (method factor x epochs x images per epoch;
-    a forward-only pass counts a third). Dependencies are costed separately."""
-    size = train_size(spec.config)
-    if size is None:
-        return None
-    return METHODS.get(spec.method).cost * int(spec.config["epochs"]) * size
-
-
-# --------------------------------------------------------------------------------------------
 # Planning
 
 
@@ -120,29 +93,12 @@ def check_tiers(tiers: Optional[Iterable[int]]) -> Optional[List[int]]:
     return sorted(set(out))
 
 
-def _wrong_type(value: Any, default: Any) -> Optional[str]:
-    """Why ``value`` cannot replace a parameter whose notebook default is ``default`` (None: it can);
-    the same rule as the runner's check of papermill parameters."""
-    from .runner import _element_problem, _type_ok
-
-    if default is None or value is None:
-        return None
-    expected = next(t for t in (bool, int, float, str, list, tuple, dict, object) if isinstance(default, t))
-    if not _type_ok(value, expected):
-        return f"expected {expected.__name__}"
-    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
-        return _element_problem(value, default)
-    return None
-
-
 def collect(profile: str, seeds: Optional[int] = None, only: Optional[Iterable[str]] = None,
             overrides: Optional[Mapping[str, Any]] = None,
             notebooks_dir: Union[str, os.PathLike] = "notebooks") -> Dict[str, List[PlannedRun]]:
-    """Notebook stem -> its planned runs under ``profile``, from the notebook's ``parameters``
-    cell, the profile's overrides and ``overrides`` (``name`` or ``"<notebook>:name"``, as for
-    ``ltbench run``). ``seeds=N`` means ``seeds=list(range(N))``."""
-    from .runner import ConfigError, _split_overrides, outside_clone_hint, select_notebooks
-
+    """Notebook stem -> its planned runs under ``profile``: the notebook's ``parameters`` cell,
+    the profile's layers and ``overrides`` (``name`` or ``"<notebook>:name"``, as for ``ltbench
+    run``), through :func:`ltbench.parameters.resolve`. ``seeds=N`` means ``seeds=list(range(N))``."""
     try:
         check_profile(profile)
     except ValueError as exc:
@@ -152,29 +108,17 @@ def collect(profile: str, seeds: Optional[int] = None, only: Optional[Iterable[s
     if not available:
         raise ConfigError(f"no notebooks of the project found in {nb_dir} (expected {', '.join(EXPERIMENTS)})"
                           + outside_clone_hint(nb_dir, "notebooks"))
-    stems = select_notebooks(available, only)
-    common, scoped = _split_overrides(dict(overrides or {}), available)
-    if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(f"seeds={seeds!r}: expected a positive number of seeds")
-        common["seeds"] = list(range(seeds))
     out = {}
-    for stem in stems:
-        params = notebook_parameters(nb_dir / f"{stem}.ipynb")
-        layer = resolve_overrides(profile, stem, {**common, **scoped.get(stem, {})})
-        unknown = sorted(set(layer) - set(params))
+    for nb in resolve(profile, only, seeds, overrides, nb_dir, stems=available):
+        unknown = sorted(set(nb.layer) - set(nb.declared))
         if unknown:
-            raise ConfigError(f"{stem}: unknown parameter(s) {unknown}; its parameters: {', '.join(params)}")
-        for key, value in layer.items():
-            why = _wrong_type(value, params[key])
-            if why:
-                raise ConfigError(f"{stem}: parameter {key!r} = {value!r} ({type(value).__name__}) has the wrong "
-                                  f"type: {why} (notebook default: {params[key]!r})")
-        params.update(layer)
+            raise ConfigError(f"{nb.stem}: unknown parameter(s) {unknown}; its parameters: {', '.join(nb.declared)}")
+        if nb.problems:
+            raise ConfigError("invalid parameters (nothing was planned):\n  " + "\n  ".join(nb.problems))
         try:
-            out[stem] = runs_for_notebook(stem, params)
+            out[nb.stem] = runs_for_notebook(nb.stem, nb.values)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{stem}: {exc}") from None
+            raise ConfigError(f"{nb.stem}: {exc}") from None
     return out
 
 
@@ -233,8 +177,6 @@ def plan(profile: str, results_dir: Union[str, os.PathLike] = "results", seeds: 
 
 def format_plan(entries: Sequence[PlanEntry], profile: str) -> str:
     """The plan as a text table with totals by tier and status."""
-    from .report import markdown_table
-
     rows = []
     for e in entries:
         rows.append([e.tier, e.status, "-" if e.cost is None else f"{e.cost / 1e6:.3f}", e.spec.method,
@@ -283,9 +225,6 @@ class ExecuteReport:
 
 def check_data_available(specs: Iterable[RunSpec], data_root: Optional[str]) -> None:
     """Fail fast, naming the dataset and where it was looked for, if any run's data is missing."""
-    from .data import DataNotFoundError, build_long_tailed
-    from .data.large import LARGE_DATASETS
-
     seen = set()
     missing = []
     for s in specs:
@@ -327,10 +266,8 @@ def _work(spec: RunSpec, store_root: str, options: ExecOptions) -> Tuple[str, fl
 
 
 def _work_pack(specs: List[RunSpec], store_root: str, options: ExecOptions) -> List[Tuple[str, float, Optional[str]]]:
-    """One pack of runs trained together in a worker process (:func:`ltbench.fastpath.run_pack`):
+    """One pack of runs trained together in a worker process (:func:`ltbench.runs.run_pack`):
     one (outcome, seconds, error) per run; the pack's seconds are shared equally."""
-    from .fastpath import run_pack
-
     t0 = time.monotonic()
     store = RunStore(store_root)
     was_done = [store.status(s) == DONE for s in specs]
@@ -361,8 +298,6 @@ def pack_units(entries: Sequence[PlanEntry], pack: int, store: RunStore) -> List
     other run is a unit of its own. ``pack=1``: one unit per run."""
     if pack == 1:
         return [[e.key] for e in entries]
-    from .fastpath import pack_key, start_epoch
-
     units: List[List[str]] = []
     open_units: Dict[Any, List[str]] = {}
     for e in entries:
@@ -370,13 +305,154 @@ def pack_units(entries: Sequence[PlanEntry], pack: int, store: RunStore) -> List
         if k is None:
             units.append([e.key])
             continue
-        group = (k, start_epoch(store, e.spec))
+        group = (k, store.start_epoch(e.spec))
         unit = open_units.get(group)
         if unit is None or len(unit) >= pack:
             unit = open_units[group] = []
             units.append(unit)
         unit.append(e.key)
     return units
+
+
+class _InlinePool:
+    """:class:`~concurrent.futures.ProcessPoolExecutor`'s ``submit`` run in this process
+    (``workers=1``), so one worker and many share one scheduling loop (:class:`_Schedule`)."""
+
+    def __init__(self, threads: Optional[int]) -> None:
+        _init_worker(threads)
+
+    def __enter__(self) -> "_InlinePool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args))  # _work_unit catches a run's errors; KeyboardInterrupt propagates
+        return fut
+
+
+def _pool(workers: int, threads: Optional[int]) -> Any:
+    if workers == 1:
+        return _InlinePool(threads)
+    import multiprocessing as mp  # stdlib; only needed for the spawn context
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads,))
+
+
+@dataclass
+class _Schedule:
+    """The one scheduling loop of :func:`execute`: units start when their dependencies are done,
+    at most ``workers`` at once, in plan order; a failed dependency skips its dependents; at the
+    deadline (or a stop request) nothing new starts and the rest is "not started"."""
+
+    by_key: Dict[str, PlanEntry]
+    wanted: set
+    report: ExecuteReport
+    stop_at: Optional[float]
+    say: Any
+    status: Dict[str, str] = field(default_factory=dict)
+    started: bool = False
+
+    def finish(self, key: str, outcome: Tuple[str, float, Optional[str]]) -> None:
+        self.report.outcomes[key] = outcome
+        self.status[key] = outcome[0]
+        e = self.by_key[key]
+        msg = (f"[{len(self.report.outcomes)}/{len(self.wanted)}] {outcome[0]:<8} tier {e.tier} {e.spec.describe()} "
+               f"[{key}] {outcome[1]:.1f} s")
+        if outcome[2] and outcome[0] == "failed":
+            msg += f"\n    {outcome[2].splitlines()[0]}"
+        self.say(msg, flush=True)
+
+    def finish_all(self, units: Iterable[List[str]], outcome: Tuple[str, float, Optional[str]]) -> None:
+        for unit in units:
+            for key in unit:
+                self.finish(key, outcome)
+
+    def ready(self, unit: List[str]) -> Optional[bool]:
+        """True when every dependency of the unit is done; False to wait; None when one failed (skip)."""
+        states = []
+        for key in unit:
+            state: Optional[bool] = True
+            for d in self.by_key[key].deps:
+                s = self.status.get(d, "done" if self.by_key[d].status == DONE else None)
+                if s in ("failed", "skipped", "stopped", "not started"):
+                    state = None
+                    break
+                if s not in ("done", "trained"):
+                    state = False
+            states.append(state)
+        return None if None in states else all(states)
+
+    def _stop_now(self) -> bool:
+        # The first unit always starts: past the deadline it trains one epoch, checkpoints and stops,
+        # so a short deadline still makes progress.
+        late = self.started and self.stop_at is not None and time.time() >= self.stop_at
+        self.report.deadline_hit = self.report.deadline_hit or late or stop_requested()
+        return self.report.deadline_hit
+
+    def _start(self, queue: List[List[str]], running: Dict[Future, List[str]], pool: Any, workers: int,
+               work: Any) -> None:
+        i = 0
+        while i < len(queue) and len(running) < workers and not self._stop_now():
+            r = self.ready(queue[i])
+            if r is None:
+                self.finish_all([queue.pop(i)], ("skipped", 0.0, "a dependency did not finish"))
+            elif r:
+                unit = queue.pop(i)
+                self.started = True
+                running[pool.submit(work, unit)] = unit
+            else:
+                i += 1
+
+    def _collect(self, running: Dict[Future, List[str]]) -> None:
+        done, _ = wait(list(running), timeout=5.0, return_when=FIRST_COMPLETED)
+        for fut in done:
+            unit = running.pop(fut)
+            try:
+                outcomes = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, native crash)
+                outcomes = [("failed", 0.0, f"worker process died: {exc}")] * len(unit)
+            for key, outcome in zip(unit, outcomes):
+                self.finish(key, outcome)
+            if any(o[0] == "stopped" for o in outcomes):
+                self.report.deadline_hit = True
+
+    def run(self, units: List[List[str]], pool: Any, workers: int, work: Any) -> None:
+        queue, running = list(units), {}
+        with pool:
+            while queue or running:
+                self._start(queue, running, pool, workers, work)
+                if not running:
+                    if self.report.deadline_hit:
+                        self.finish_all(queue, ("not started", 0.0, None))
+                    else:  # everything left waits on something that will never finish
+                        self.finish_all(queue, ("skipped", 0.0, "a dependency did not finish"))
+                    return
+                self._collect(running)
+
+
+def _check_execute_args(tiers: Optional[Iterable[int]], deadline: Optional[float], workers: int,
+                        threads: Optional[int], pack: int, fast: Union[bool, str]) -> Optional[List[int]]:
+    """Every scalar argument of :func:`execute` checked before any work; returns the tiers."""
+    tiers = check_tiers(tiers)
+    require(deadline is None or is_positive_number(deadline), "deadline", deadline, "a positive number of seconds")
+    require(is_positive_int(workers), "workers", workers, "an int >= 1")
+    require(threads is None or is_positive_int(threads), "threads", threads, "an int >= 1 or None")
+    require(is_positive_int(pack), "pack", pack, "an int >= 1 (1: no packing)")
+    check_mode(fast)
+    return tiers
+
+
+def _wanted(entries: Sequence[PlanEntry], tiers: Optional[List[int]]) -> set:
+    """Keys of the runs of ``tiers``, and of their dependencies whatever their tier."""
+    wanted = {e.key for e in entries if tiers is None or e.tier in tiers}
+    for e in entries:
+        if e.key in wanted:
+            wanted.update(s.key for s in e.spec.walk())
+    return wanted
 
 
 def execute(profile: str, results_dir: Union[str, os.PathLike] = "results", tiers: Optional[Iterable[int]] = None,
@@ -396,153 +472,39 @@ def execute(profile: str, results_dir: Union[str, os.PathLike] = "results", tier
     graphs), an execution option. ``pack``: train up to this many compatible runs as one packed
     network (:func:`pack_units`; 1, the default, packs nothing).
     """
-    from .runner import ConfigError
-
-    tiers = check_tiers(tiers)
-    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
-                                 or not math.isfinite(deadline) or deadline <= 0):
-        raise ValueError(f"invalid deadline={deadline!r}: must be a positive number of seconds")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"invalid workers={workers!r}: must be an int >= 1")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"invalid threads={threads!r}: must be an int >= 1 or None")
-    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
-        raise ValueError(f"invalid pack={pack!r}: must be an int >= 1 (1: no packing)")
-    from .fastpath import check_mode
-
-    check_mode(fast)
+    tiers = _check_execute_args(tiers, deadline, workers, threads, pack, fast)
     say = print if verbose else (lambda *a, **k: None)
     t_start = time.monotonic()
     stop_at = None if deadline is None else time.time() + deadline
-    try:
-        entries = plan(profile, results_dir, seeds, only, overrides, notebooks_dir)
-    except ConfigError:
-        raise
+    entries = plan(profile, results_dir, seeds, only, overrides, notebooks_dir)
     store = RunStore(Path(results_dir) / profile)
-    wanted = {e.key for e in entries if tiers is None or e.tier in tiers}
-    by_key = {e.key: e for e in entries}
-    # The dependencies of wanted runs are wanted too, whatever their tier.
-    for e in list(entries):
-        if e.key in wanted:
-            for s in e.spec.walk():
-                wanted.add(s.key)
+    wanted = _wanted(entries, tiers)
     todo = [e for e in entries if e.key in wanted and e.status != DONE]
     report = ExecuteReport()
-    for e in entries:
-        if e.key in wanted and e.status == DONE:
-            report.outcomes[e.key] = ("done", 0.0, None)
-    if not todo:
-        report.seconds = time.monotonic() - t_start
-        say(report.summary())
-        return report
-    store.check_writable()
-    check_data_available([e.spec for e in todo], data_root)
-    say(f"execute: {len(todo)} runs to train ({sum(e.cost_left for e in todo) / 1e6:.2f} M image-passes) with "
-        f"{workers} worker(s)" + (f", deadline in {deadline:g} s" if deadline else ""), flush=True)
-    multi = workers > 1
-    if progress == "auto":  # a bar on a terminal; else only the [i/n] line below, not run()'s own as well
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    opts = ExecOptions(device=device, data_root=data_root, compile=compile, deadline=stop_at,
-                       progress=False if multi else progress, fast=fast)
-    per_worker = threads or (max(1, (os.cpu_count() or 1) // workers) if multi else None)
-    units = pack_units(todo, pack, store)
-    if pack > 1:
-        say(f"execute: {len(todo)} runs in {len(units)} unit(s) (packs of up to {pack})", flush=True)
-    status: Dict[str, str] = {}
-
-    def finish(key: str, outcome: Tuple[str, float, Optional[str]]) -> None:
-        report.outcomes[key] = outcome
-        status[key] = outcome[0]
-        e = by_key[key]
-        n = len(report.outcomes)
-        msg = f"[{n}/{len(wanted)}] {outcome[0]:<8} tier {e.tier} {e.spec.describe()} [{key}] {outcome[1]:.1f} s"
-        if outcome[2] and outcome[0] == "failed":
-            msg += f"\n    {outcome[2].splitlines()[0]}"
-        say(msg, flush=True)
-
-    def ready(key: str) -> Optional[bool]:
-        """True when every dependency is done; False to wait; None when one failed (skip)."""
-        for d in by_key[key].deps:
-            s = status.get(d, "done" if by_key[d].status == DONE else None)
-            if s in ("failed", "skipped", "stopped", "not started"):
-                return None
-            if s not in ("done", "trained"):
-                return False
-        return True
-
-    def ready_unit(unit: List[str]) -> Optional[bool]:
-        states = [ready(k) for k in unit]
-        return None if None in states else all(states)
-
-    def specs_of(unit: List[str]) -> List[RunSpec]:
-        return [by_key[k].spec for k in unit]
-
-    if not multi:
-        _init_worker(per_worker)
-        for unit in units:
-            if report.deadline_hit:
-                for key in unit:
-                    finish(key, ("not started", 0.0, None))
-                continue
-            r = ready_unit(unit)
-            if r is None:
-                for key in unit:
-                    finish(key, ("skipped", 0.0, "a dependency did not finish"))
-                continue
-            outcomes = _work_unit(specs_of(unit), str(store.root), opts)
-            for key, outcome in zip(unit, outcomes):
-                finish(key, outcome)
-            if (any(o[0] == "stopped" for o in outcomes) or (stop_at is not None and time.time() >= stop_at)
-                    or stop_requested()):
-                report.deadline_hit = True
-    else:
-        import multiprocessing as mp
-
-        queue = list(units)
-        running: Dict[Future, List[str]] = {}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(per_worker,)) as pool:
-            while queue or running:
-                late = stop_at is not None and time.time() >= stop_at
-                if late:
-                    report.deadline_hit = True
-                i = 0
-                while i < len(queue) and len(running) < workers and not report.deadline_hit:
-                    unit = queue[i]
-                    r = ready_unit(unit)
-                    if r is None:
-                        queue.pop(i)
-                        for key in unit:
-                            finish(key, ("skipped", 0.0, "a dependency did not finish"))
-                        continue
-                    if r:
-                        queue.pop(i)
-                        running[pool.submit(_work_unit, specs_of(unit), str(store.root), opts)] = unit
-                        continue
-                    i += 1
-                if report.deadline_hit and not running:
-                    for unit in queue:
-                        for key in unit:
-                            finish(key, ("not started", 0.0, None))
-                    queue = []
-                    break
-                if not running:
-                    # Everything left waits on something that will never finish.
-                    for unit in queue:
-                        for key in unit:
-                            finish(key, ("skipped", 0.0, "a dependency did not finish"))
-                    break
-                done, _ = wait(list(running), timeout=5.0, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    unit = running.pop(fut)
-                    try:
-                        outcomes = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, native crash)
-                        outcomes = [("failed", 0.0, f"worker process died: {exc}")] * len(unit)
-                    for key, outcome in zip(unit, outcomes):
-                        finish(key, outcome)
-                    if any(o[0] == "stopped" for o in outcomes):
-                        report.deadline_hit = True
+    report.outcomes.update({e.key: ("done", 0.0, None) for e in entries if e.key in wanted and e.status == DONE})
+    if todo:
+        store.check_writable()
+        check_data_available([e.spec for e in todo], data_root)
+        say(f"execute: {len(todo)} runs to train ({sum(e.cost_left for e in todo) / 1e6:.2f} M image-passes) with "
+            f"{workers} worker(s)" + (f", deadline in {deadline:g} s" if deadline else ""), flush=True)
+        if progress == "auto":  # a bar on a terminal; else only the [i/n] line, not run()'s own as well
+            progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        opts = ExecOptions(device=device, data_root=data_root, compile=compile, deadline=stop_at,
+                           progress=False if workers > 1 else progress, fast=fast)
+        per_worker = threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+        units = pack_units(todo, pack, store)
+        if pack > 1:
+            say(f"execute: {len(todo)} runs in {len(units)} unit(s) (packs of up to {pack})", flush=True)
+        by_key = {e.key: e for e in entries}
+        work = functools.partial(_work_keys, by_key={k: by_key[k].spec for k in wanted}, store_root=str(store.root),
+                                 options=opts)
+        _Schedule(by_key, wanted, report, stop_at, say).run(units, _pool(workers, per_worker), workers, work)
     report.seconds = time.monotonic() - t_start
     say(report.summary(), flush=True)
     return report
+
+
+def _work_keys(unit: List[str], by_key: Mapping[str, RunSpec], store_root: str,
+               options: ExecOptions) -> List[Tuple[str, float, Optional[str]]]:
+    """:func:`_work_unit` for the run keys of ``unit`` (what a worker process is sent)."""
+    return _work_unit([by_key[k] for k in unit], store_root, options)

@@ -31,10 +31,17 @@ traced by ``torch.compile(fullgraph=True)`` (``mode="reduce-overhead"`` on CUDA,
 graphs; inductor's default mode elsewhere). What changes between steps or epochs lives in
 static tensors updated in place: the learning rate (one 0-d tensor per parameter group, set
 before each epoch), the SGD momentum buffers, the sample mask, the DRW class weights (copied into
-one tensor per run: a run has two graphs, before and after DRW switches them on), BBN's alpha,
-OHEM's per-class counters and the stateful losses' statistics (updated in the traced backward).
-The batch's random augmentation (crop offsets and flips, FSA's mixing draws) is drawn outside
-the graph with the epoch's generator, exactly as the eager loop draws it, and passed in.
+one tensor per run: a run has two graphs, before and after DRW switches them on), the
+trainer's own state tensors (BBN's alpha, OHEM's per-class counters) and the stateful losses'
+statistics (updated in the traced backward). The batch's random augmentation (crop offsets and
+flips, mixup's pairing and lambda, FSA's mixing draws) is drawn outside the graph, exactly as the
+eager loop draws it, and passed in.
+
+**One step per method.** The fast path runs the trainer's own step
+(:class:`~ltbench.engine.Trainer`: ``step_inputs`` eagerly, ``step_loss`` traced), so the eager
+and the fast path share every line of a method's step. ``step_inputs``' tensors are padded by
+their declared kinds (:attr:`~ltbench.engine.Trainer.step_input_kinds`, :func:`pad_inputs`) and
+``step_loss`` gets the sample mask.
 
 SGD is applied by :class:`StaticSGD`, the arithmetic of :class:`torch.optim.SGD` (weight decay,
 momentum, dampening 0, Nesterov) with a tensor learning rate, on the optimiser's own momentum
@@ -43,19 +50,20 @@ which gives exactly PyTorch's first step (``0 * m + g = g``).
 
 Trainers: :class:`~ltbench.engine.Trainer` (every loss, sampler, DRW, DRS, cosine head),
 :class:`~ltbench.two_stage.ClassifierTrainer` (cRT, LWS, the stage-2 grid),
-:class:`~ltbench.bbn.BBNTrainer`, :class:`~ltbench.ohem.OHEMTrainer` (both forms) and
-:class:`~ltbench.fsa.FSATrainer` (phase II). :func:`unsupported_reason` names why any other
+:class:`~ltbench.bbn.BBNTrainer`, :class:`~ltbench.ohem.OHEMTrainer` (both forms),
+:class:`~ltbench.mixup.MixupTrainer`, :class:`~ltbench.fsa.FSATrainer` (phase II) and any subclass
+that overrides ``step_inputs`` / ``step_loss``. :func:`unsupported_reason` names why any other
 trainer stays eager (a trainer with its own ``training_step`` or ``train_epoch``, DDP, an
 optimiser other than SGD); :func:`attach` then warns and returns None.
 
-**Packed runs** (:func:`run_pack`, ``execute --pack K``): K ``joint`` runs of one recipe (same
+**Packed runs** (:func:`ltbench.runs.run_pack`, ``execute --pack K``): K ``joint`` runs of one recipe (same
 data, model, epochs, batch size, lr schedule, momentum and weight decay; any loss, sampler,
 seed, DRW/DRS or head: :data:`PACK_VARYING`) train as one network, :class:`PackedCifarResNet`:
 every convolution with K x the channels and ``groups=K``, every BatchNorm with K x the channels,
 so weights, gradients and BatchNorm statistics stay per run; each run draws its batches from its
 own sampler and augmentation generator and keeps its own head, loss (DRW weights, stateful
-statistics) and momentum; the step minimises the sum of the K losses (disjoint parameters: each
-run's gradient is its own loss's). Each run keeps its own checkpoint, evaluation, history and
+statistics) and momentum; the step (:meth:`PackedRuns.step_loss`) minimises the sum of the K
+losses (disjoint parameters: each run's gradient is its own loss's). Each run keeps its own checkpoint, evaluation, history and
 ``metrics.json`` (:func:`fit_pack` drives the runs' :meth:`~ltbench.engine.Trainer.fit_epochs`
 in lockstep); ``execution.pack`` records the pack. ``tests/test_packing.py`` shows a pack of CE,
 CB-focal and LDAM-DRW equal to the three runs trained alone. Runs whose epochs differ in length
@@ -83,9 +91,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .bbn import BBNTrainer
+from .engine import DeadlineReached, Trainer
+from .losses import supports_mask
+from .models import MODELS, CifarResNet
+from .models.resnet_cifar import BasicBlock, LambdaShortcut
+
 __all__ = ["MODES", "check_mode", "BatchMasks", "masked_batch_norm", "install_masked_bn", "remove_masked_bn",
-           "pad_batch", "StaticSGD", "FastPath", "attach", "detach", "unsupported_reason", "default_compile_mode",
-           "PACK_VARYING", "pack_key", "PackedCifarResNet", "PackedRuns", "fit_pack", "run_pack", "start_epoch"]
+           "pad_batch", "pad_inputs", "INPUT_KINDS", "StaticSGD", "FastPath", "attach", "detach", "unsupported_reason", "default_compile_mode",
+           "PACK_VARYING", "pack_key", "PackedCifarResNet", "PackedRuns", "fit_pack"]
 
 #: ``static``: padded static shapes, eager step; ``graph``: the same step compiled whole.
 MODES = ("static", "graph")
@@ -113,11 +127,10 @@ def default_compile_mode(device: torch.device) -> Optional[str]:
 
 class BatchMasks:
     """The sample masks the masked BatchNorm layers of one model use, by batch size (shapes are
-    static, so the size picks the mask while tracing), and whether running statistics update."""
+    static, so the size picks the mask while tracing)."""
 
     def __init__(self) -> None:
         self.by_size: Dict[int, Tensor] = {}
-        self.track = True
 
     def get(self, n: int) -> Optional[Tensor]:
         return self.by_size.get(n)
@@ -156,7 +169,7 @@ def _masked_bn_forward(bn: _BatchNorm, masks: BatchMasks, x: Tensor) -> Tensor:
     mask = masks.get(x.shape[0]) if bn.training else None
     if mask is None:
         return type(bn).forward(bn, x)
-    return masked_batch_norm(bn, x, mask, masks.track)
+    return masked_batch_norm(bn, x, mask)
 
 
 def install_masked_bn(model: nn.Module, masks: BatchMasks) -> int:
@@ -268,190 +281,55 @@ class StaticSGD:
 
 
 # --------------------------------------------------------------------------------------------
-# Step adapters: the eager part (draws, augmentation, padding) and the traced part of a step
+# The trainer's step: padding its inputs, what it can run
+
+#: What :attr:`ltbench.engine.Trainer.step_input_kinds` may name.
+INPUT_KINDS = ("sample", "mask", None)
 
 
-class _Adapter:
-    """``prepare(batch, generator) -> inputs`` (eager: every random draw, padding) and
-    ``loss(*inputs) -> scalar`` (traced). ``pin()`` runs before each epoch."""
-
-    def __init__(self, fp: "FastPath") -> None:
-        self.fp, self.tr = fp, fp.trainer
-
-    def pin(self) -> None:
-        pass
-
-    def pad(self, *tensors: Tensor) -> Tuple[List[Tensor], Tensor]:
-        if not self.fp.pad and tensors[0].shape[0] != self.fp.batch_size:
-            return list(tensors), torch.ones(tensors[0].shape[0], device=tensors[0].device)
-        return pad_batch(self.fp.batch_size, *tensors)
-
-    def mask_for_loss(self, mask: Tensor) -> Optional[Tensor]:
-        return mask if self.fp.pad else None
-
-
-class _PlainAdapter(_Adapter):
-    """:meth:`Trainer.training_step` (every loss, sampler, DRW/DRS, head; stage 2)."""
-
-    def prepare(self, batch: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
-        x, y = self.tr.train_set.batch(batch, augment=True, generator=gen)
-        (x, y), mask = self.pad(x, y)
-        return x, y, mask
-
-    def loss(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        with self.tr.autocast():
-            logits = self.tr.model(x)
-        return self.tr.loss_fn(logits.float(), y, **self.fp.mask_kw(mask))
-
-
-class _BBNAdapter(_Adapter):
-    """:meth:`BBNTrainer.training_step`; alpha is a static 0-d tensor updated each epoch."""
-
-    def __init__(self, fp: "FastPath") -> None:
-        super().__init__(fp)
-        self.alpha = torch.ones((), device=self.tr.device)
-        fp.statics.append(self.alpha)
-
-    def pin(self) -> None:
-        self.alpha.copy_(self.tr._alpha)
-        self.tr._alpha = self.alpha
-
-    def prepare(self, batch: Tuple[Tensor, Tensor], gen: torch.Generator) -> Tuple[Tensor, ...]:
-        idx_c, idx_r = batch
-        x_c, y_c = self.tr.train_set.batch(idx_c, augment=True, generator=gen)
-        x_r, y_r = self.tr.train_set.batch(idx_r, augment=True, generator=gen)
-        (x_c, y_c, x_r, y_r), mask = self.pad(x_c, y_c, x_r, y_r)
-        return x_c, y_c, x_r, y_r, mask
-
-    def loss(self, x_c: Tensor, y_c: Tensor, x_r: Tensor, y_r: Tensor, mask: Tensor) -> Tensor:
-        a = self.alpha
-        with self.tr.autocast():
-            logits = self.tr.model(x_c, x_r, a)
-        logits = logits.float()
-        kw = self.fp.mask_kw(mask)
-        return a * self.tr.loss_fn(logits, y_c, **kw) + (1 - a) * self.tr.loss_fn(logits, y_r, **kw)
-
-
-class _OHEMAdapter(_Adapter):
-    """:class:`OHEMTrainer`, both forms. Ranking over the real samples only (padding scores
-    ``-inf``); the kept set is padded to the full batch's ``k`` with a second mask (two-pass:
-    the second forward's BatchNorm sees only the kept samples, as in the eager form)."""
-
-    def __init__(self, fp: "FastPath") -> None:
-        super().__init__(fp)
-        from .ohem import num_kept
-
-        self.num_kept = num_kept
-        self.k_full = num_kept(fp.batch_size, self.tr.keep_ratio)
-        self.ordinary = self.k_full == fp.batch_size  # keep everything: an ordinary CE step
-
-    def prepare(self, batch: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
-        x, y = self.tr.train_set.batch(batch, augment=True, generator=gen)
-        n = y.shape[0]
-        (x, y), mask = self.pad(x, y)
-        k_mask = (torch.arange(self.k_full, device=y.device) < self.num_kept(n, self.tr.keep_ratio)).float()
-        return x, y, mask, k_mask
-
-    def loss(self, x: Tensor, y: Tensor, mask: Tensor, k_mask: Tensor) -> Tensor:
-        from .ohem import per_sample_ce
-
-        tr, masks = self.tr, self.fp.masks
-        seen = tr._seen
-        seen.index_add_(0, y, mask.long())
-        if self.ordinary:
-            with tr.autocast():
-                per = per_sample_ce(tr.model(x), y)
-            tr._mined.index_add_(0, y, mask.long())
-            return (per * mask).sum() / mask.sum()
-        if tr.mode == "two_pass":
-            with torch.no_grad():
-                masks.track = False  # the scoring pass: batch statistics, running stats untouched
-                with tr.autocast():
-                    scores = per_sample_ce(tr.model(x), y)
-                masks.track = True
-        else:
-            with tr.autocast():
-                per_all = per_sample_ce(tr.model(x), y)
-            scores = per_all.detach()
-        scores = scores.masked_fill(mask == 0, float("-inf"))
-        kept = torch.topk(scores, self.k_full, sorted=True).indices
-        tr._mined.index_add_(0, y[kept], k_mask.long())
-        if tr.mode == "two_pass":
-            with tr.autocast():
-                per = per_sample_ce(tr.model(x[kept]), y[kept])
-            return (per * k_mask).sum() / k_mask.sum()
-        m = torch.zeros_like(per_all).scatter(0, kept, k_mask)
-        return (per_all * m).sum() / k_mask.sum()
-
-
-class _FSAAdapter(_Adapter):
-    """:meth:`FSATrainer.training_step`: the frozen forward, online mixing and the head in one
-    graph; the mixing draws come from :meth:`FeatureAugmenter.draws` outside it."""
-
-    def __init__(self, fp: "FastPath") -> None:
-        super().__init__(fp)
-        tr = self.tr
-        was = tr.model.training
-        tr.model.eval()
-        with torch.no_grad():
-            x, _ = tr.train_set.batch(torch.zeros(1, dtype=torch.long, device=tr.device))
-            self.hw = tuple(tr.model.forward_features(x).shape[-2:])
-        tr.model.train(was)
-
-    def prepare(self, batch: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
-        tr = self.tr
-        x, y = tr.train_set.batch(batch, augment=True, generator=gen)
-        n = y.shape[0]
-        pick, u, gamma, mix_u = tr.augmenter.draws(n, *self.hw, device=tr.device, generator=gen)
-        (x, y), mask = self.pad(x, y)
-        if n != x.shape[0]:
-            n_a = tr.augmenter.n_a
-            (pick, u, gamma, mix_u), _ = pad_batch(x.shape[0] * n_a, pick, u, gamma, mix_u)
-        return x, y, mask, pick, u, gamma, mix_u
-
-    def loss(self, x: Tensor, y: Tensor, mask: Tensor, pick: Tensor, u: Tensor, gamma: Tensor,
-             mix_u: Tensor) -> Tensor:
-        tr = self.tr
-        with torch.no_grad(), tr.autocast():
-            f = tr.model.forward_features(x)
-        f = f.float()
-        aug = tr.augmenter.augment(f, y, draws=(pick, u, gamma, mix_u))
-        feats = torch.cat([f, aug.features])
-        labels = torch.cat([y, aug.labels])
-        weights = torch.cat([mask, aug.valid.float() * mask.repeat_interleave(tr.augmenter.n_a)])
-        with tr.autocast():
-            logits = tr.model.forward_head(feats)
-        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
-        return (per_sample * weights).sum() / weights.sum()
-
-
-def _adapter_class(trainer: Any) -> Tuple[Optional[type], Optional[str]]:
-    from .bbn import BBNTrainer
-    from .engine import Trainer
-    from .fsa import FSATrainer
-    from .ohem import OHEMTrainer
-
-    cls = type(trainer)
-    step = cls.training_step
-    table = {Trainer.training_step: _PlainAdapter, BBNTrainer.training_step: _BBNAdapter,
-             OHEMTrainer.training_step: _OHEMAdapter, FSATrainer.training_step: _FSAAdapter}
-    if step not in table:
-        return None, f"{cls.__name__} has its own training_step (the fast path knows {', '.join(sorted(t.__qualname__.split('.')[0] for t in table))})"
-    if cls.train_epoch not in (Trainer.train_epoch, BBNTrainer.train_epoch):
-        return None, f"{cls.__name__} has its own train_epoch (e.g. the DDP trainer of ltbench.train)"
-    return table[step], None
+def pad_inputs(inputs: Sequence[Tensor], kinds: Sequence[Optional[str]],
+               batch_size: Optional[int]) -> Tuple[List[Tensor], Tensor]:
+    """The tensors of a trainer's ``step_inputs`` padded to a full batch by their ``kinds``
+    (:attr:`~ltbench.engine.Trainer.step_input_kinds`): every ``"sample"`` tensor of ``m n`` rows
+    (``m`` rows per sample, sample-major) to ``m batch_size`` rows by repeating them cyclically,
+    the others as they are; returns them and the sample mask ``[batch_size]``. ``batch_size``
+    None: no padding (an all-ones mask of the batch's ``n``)."""
+    if len(inputs) != len(kinds):
+        raise ValueError(f"step_inputs returned {len(inputs)} tensors but step_input_kinds names {len(kinds)}")
+    first = inputs[kinds.index("sample")]
+    n, dev = first.shape[0], first.device
+    if batch_size is None or n == batch_size:
+        return list(inputs), torch.ones(n, device=dev)
+    out = list(inputs)
+    for i, (t, kind) in enumerate(zip(inputs, kinds)):
+        if kind == "sample":
+            m, rest = divmod(t.shape[0], n)
+            if rest or m == 0:
+                raise ValueError(f"step input {i} has {t.shape[0]} rows, not a multiple of the batch's {n} samples")
+            out[i] = pad_batch(m * batch_size, t)[0][0]
+    return out, (torch.arange(batch_size, device=dev) < n).float()
 
 
 def unsupported_reason(trainer: Any) -> Optional[str]:
-    """Why ``trainer`` cannot run on the fast path (None when it can)."""
+    """Why ``trainer`` cannot run on the fast path (None when it can): the fast path traces the
+    trainer's own :meth:`~ltbench.engine.Trainer.step_loss`, so a trainer whose step is not
+    ``step_loss(*step_inputs(...))`` (its own ``training_step`` or ``train_epoch``) stays eager."""
     if getattr(trainer, "world_size", 1) != 1:
         return "distributed training (world_size > 1)"
     if getattr(trainer, "optimizer", None) is None:
         return "nothing to train (no optimiser)"
     if type(trainer.optimizer) is not torch.optim.SGD:
         return f"optimiser {type(trainer.optimizer).__name__} (the fast path applies SGD)"
-    _, why = _adapter_class(trainer)
-    return why
+    cls = type(trainer)
+    if getattr(cls, "training_step", None) is not Trainer.training_step:
+        return (f"{cls.__name__} has its own training_step (the fast path traces step_loss: override "
+                "step_inputs / step_loss instead)")
+    if cls.train_epoch not in (Trainer.train_epoch, BBNTrainer.train_epoch):
+        return f"{cls.__name__} has its own train_epoch (e.g. the DDP trainer of ltbench.train)"
+    bad = [k for k in cls.step_input_kinds if k not in INPUT_KINDS]
+    if bad or "sample" not in cls.step_input_kinds:
+        return f"{cls.__name__}.step_input_kinds={cls.step_input_kinds!r} (kinds: {INPUT_KINDS}, one 'sample' at least)"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,11 +351,12 @@ def _fresh_function(fn: Callable, tag: str, **kwdefaults: Any) -> Callable:
     return out
 
 
-def _step(*inputs: Tensor, fp: "FastPath") -> None:
-    """One training step: forward, loss, backward, SGD, the epoch's loss sum (traced whole)."""
+def _step(mask: Optional[Tensor], *inputs: Tensor, fp: "FastPath") -> None:
+    """One training step: the trainer's ``step_loss``, backward, SGD, the epoch's loss sum (traced
+    whole)."""
     for p in fp.params:
         p.grad = None
-    loss = fp.adapter.loss(*inputs)
+    loss = fp.trainer.step_loss(*inputs, mask=mask)
     loss.backward()
     fp.sgd.step()
     # The gradients stay in .grad until the next step (as in the eager loop): resetting them to
@@ -489,24 +368,25 @@ class FastPath:
     """Runs a trainer's epochs with static shapes (``mode="static"``) and, with ``"graph"``, as
     one compiled whole-step function (see the module docstring). Build it with :func:`attach`.
 
+    Each step is the trainer's own: ``step_inputs`` eagerly, its tensors padded to the full batch
+    (:func:`pad_inputs`), then ``step_loss(*inputs, mask=mask)`` with backward and SGD, traced.
+
     ``backend`` / ``compile_mode``: ``torch.compile``'s (default: inductor, and
     ``"reduce-overhead"`` on CUDA). ``compile_seconds`` accumulates the time of the steps that
     compiled (the first of each graph).
     """
 
     def __init__(self, trainer: Any, mode: str = "graph", backend: Optional[str] = None,
-                 compile_mode: Optional[str] = "auto", adapter_cls: Optional[type] = None) -> None:
+                 compile_mode: Optional[str] = "auto") -> None:
         mode = check_mode(mode)
         if mode is None:
             raise ValueError("FastPath needs mode 'static' or 'graph'")
-        if adapter_cls is None:
-            why = unsupported_reason(trainer)
-            if why:
-                raise ValueError(f"the fast path cannot train this run: {why}")
-            adapter_cls, _ = _adapter_class(trainer)
-        from .losses import supports_mask
+        why = None if isinstance(trainer, PackedRuns) else unsupported_reason(trainer)
+        if why:
+            raise ValueError(f"the fast path cannot train this run: {why}")
 
         self.trainer, self.mode = trainer, mode
+        self.kinds = tuple(trainer.step_input_kinds)
         self.batch_size = trainer.local_batch_size
         self.loss_fns = list(getattr(trainer, "loss_fns", None) or [trainer.loss_fn])
         self.pad = all(supports_mask(f) for f in self.loss_fns)
@@ -516,7 +396,10 @@ class FastPath:
         self.params = self.sgd.params
         self.loss_sum = torch.zeros((), device=trainer.device)
         self._drw: Dict[int, Tensor] = {}
-        self.adapter = adapter_cls(self)
+        # The fast path compiles the whole step itself: the model, not cfg.compile's wrapper.
+        self._forward = trainer.__dict__.get("forward")
+        if self._forward is not None:
+            trainer.forward = trainer.model
         self.bn_layers = install_masked_bn(trainer.model, self.masks)
         self.compile_seconds = 0.0
         self.graphs = 0
@@ -537,9 +420,6 @@ class FastPath:
         self._seen_shapes: set = set()
 
     # -- per epoch ---------------------------------------------------------------------------------
-    def mask_kw(self, mask: Tensor) -> Dict[str, Tensor]:
-        return {"mask": mask} if self.pad else {}
-
     def _pin(self) -> None:
         """Per-epoch state into static tensors (after the trainer's on_epoch_start)."""
         self.sgd.sync()
@@ -552,7 +432,6 @@ class FastPath:
                 elif w is not static:
                     static.copy_(w)
                 loss.class_weight = static  # the same tensor every epoch (a static graph input)
-        self.adapter.pin()
 
     def run_epoch(self, epoch: int, generator: torch.Generator) -> Tuple[Tensor, int]:
         """The epoch's steps (the trainer's ``on_epoch_start`` already ran); returns the summed
@@ -563,8 +442,10 @@ class FastPath:
         self.loss_sum.zero_()
         steps = 0
         for batch in self.trainer.epoch_batches(epoch):
-            inputs = self.adapter.prepare(batch, generator)
-            self._set_masks(inputs)
+            # A loss without a mask is not padded: its last batch keeps its shape.
+            inputs, mask = pad_inputs(tuple(self.trainer.step_inputs(batch, epoch, generator)), self.kinds,
+                                      self.batch_size if self.pad else None)
+            self._set_masks(inputs, mask)
             key = (tuple(isinstance(getattr(f, "class_weight", None), Tensor) for f in self.loss_fns),
                    *(tuple(t.shape) for t in inputs))
             first = self.mode == "graph" and key not in self._seen_shapes
@@ -572,7 +453,7 @@ class FastPath:
                 self._mark_static()
             t0 = time.perf_counter()
             with _compile_config():
-                self._fn(*inputs)
+                self._fn(mask if self.pad else None, *inputs)
             if first:
                 if self.trainer.device.type == "cuda":
                     torch.cuda.synchronize(self.trainer.device)
@@ -583,13 +464,13 @@ class FastPath:
         self._reset_masks()
         return self.loss_sum.clone(), steps
 
-    def _set_masks(self, inputs: Sequence[Tensor]) -> None:
-        # The batch mask (index 2 for plain/OHEM/FSA, 4 for BBN) and OHEM's kept mask, by size.
-        a = self.adapter
-        mask = inputs[4] if isinstance(a, _BBNAdapter) else inputs[2]
+    def _set_masks(self, inputs: Sequence[Tensor], mask: Tensor) -> None:
+        # The masked BatchNorm's masks by batch size: the inputs of kind "mask" (OHEM's kept
+        # samples), then the batch's own (it wins on its size).
+        for t, kind in zip(inputs, self.kinds):
+            if kind == "mask":
+                self._put(t)
         self._put(mask)
-        if isinstance(a, _OHEMAdapter) and not a.ordinary:
-            self._put(inputs[3])
 
     def _put(self, mask: Tensor) -> None:
         n = mask.shape[0]
@@ -608,7 +489,7 @@ class FastPath:
         tr = self.trainer
         extra = [self.loss_sum, *self.sgd.static_tensors(), *self.statics, *self._drw.values()]
         extra += [b for f in self.loss_fns for b in f.buffers()]
-        extra += [t for t in (getattr(tr, "_seen", None), getattr(tr, "_mined", None)) if isinstance(t, Tensor)]
+        extra += self.trainer_state(tr)
         for t in extra:
             torch._dynamo.mark_static_address(t)
 
@@ -616,16 +497,26 @@ class FastPath:
         for m in self.masks.by_size.values():
             m.fill_(1.0)
 
+    @staticmethod
+    def trainer_state(trainer: Any) -> List[Tensor]:
+        """The trainer's tensor attributes: the state its step keeps across steps and updates in
+        place (BBN's alpha, OHEM's counters, a pack's loss sums)."""
+        return [v for v in vars(trainer).values() if isinstance(v, Tensor)]
+
     def close(self) -> None:
-        """Restore the trainer's eager path (BatchNorm layers, step runner)."""
+        """Restore the trainer's eager path (BatchNorm layers, forward, step runner)."""
         remove_masked_bn(self.trainer.model)
+        if self._forward is not None:
+            self.trainer.forward = self._forward
         if getattr(self.trainer, "step_runner", None) is self:
             self.trainer.step_runner = None
         self._fn = None  # type: ignore[assignment]
 
     def record(self) -> Dict[str, Any]:
         """What ``metrics.json["execution"]["fast"]`` keeps."""
-        return {"mode": self.mode, "padded": self.pad, "bn_layers_masked": self.bn_layers,
+        step = type(self.trainer).step_loss
+        return {"mode": self.mode, "step": getattr(step, "__qualname__", str(step)), "padded": self.pad,
+                "bn_layers_masked": self.bn_layers,
                 "compile": {k: v for k, v in self.compile_kwargs.items()}, "graphs": self.graphs,
                 "compile_seconds": round(self.compile_seconds, 3)}
 
@@ -684,8 +575,6 @@ def pack_key(spec: Any) -> Optional[str]:
     (the sampler's ``num_samples``; ``class_aware``'s default epoch length is its own)."""
     import json
 
-    from .models import MODELS, CifarResNet
-
     if spec.method != "joint" or spec.deps or spec.params:
         return None
     c = spec.config
@@ -741,7 +630,6 @@ class PackedCifarResNet(nn.Module):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
-        from .models.resnet_cifar import BasicBlock, LambdaShortcut
 
         k = self.k = len(models)
         ref = models[0]
@@ -820,11 +708,13 @@ class PackedCifarResNet(nn.Module):
 class PackedRuns:
     """K trainers of one recipe as the one "trainer" a :class:`FastPath` drives: the packed
     backbone and the runs' own heads, losses, samplers and augmentation generators, one SGD over
-    all parameters (the runs' momentum buffers copied in and out with the weights)."""
+    all parameters (the runs' momentum buffers copied in and out with the weights). Its step
+    follows the trainers' contract (:meth:`step_inputs` / :meth:`step_loss`)."""
+
+    #: The runs' batches side by side ``[N, 3 K, H, W]`` and their labels ``[N, K]``.
+    step_input_kinds = ("sample", "sample")
 
     def __init__(self, trainers: Sequence[Any]) -> None:
-        from .engine import Trainer
-
         if len(trainers) < 1:
             raise ValueError("a pack needs at least one run")
         for t in trainers:
@@ -842,6 +732,7 @@ class PackedRuns:
         self.local_batch_size = t0.local_batch_size
         self.amp_dtype = t0.amp_dtype
         self.loss_fns = [t.loss_fn for t in trainers]
+        self.sums = torch.zeros(self.k, device=self.device)  # each run's summed loss of the epoch
         self.heads = [t.model.fc for t in trainers]
         self.backbone = PackedCifarResNet([t.model for t in trainers])
         if t0.channels_last:
@@ -878,6 +769,36 @@ class PackedRuns:
             raise ValueError(f"the runs of a pack drew epochs of different lengths in epoch {epoch}: pack only runs "
                              "whose samplers draw the same number of samples")
         return zip(*lists)
+
+    def step_inputs(self, batches: Tuple[Tensor, ...], epoch: int,
+                    generators: Sequence[torch.Generator]) -> Tuple[Tensor, Tensor]:
+        """Each run's batch from its own sampler and generator (its own ``step_inputs``), side by
+        side along channels, and the runs' labels ``[N, K]``."""
+        xs, ys = [], []
+        for t, idx, g in zip(self.trainers, batches, generators):
+            x, y = t.step_inputs(idx, epoch, g)
+            xs.append(x)
+            ys.append(y)
+        x = torch.cat(xs, dim=1)
+        if self.trainers[0].channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, torch.stack(ys, dim=1)
+
+    def step_loss(self, x: Tensor, y: Tensor, *, mask: Optional[Tensor] = None) -> Tensor:
+        """The packed backbone once, then each run's head and loss (its ``criterion``) on its slice
+        of the features; the sum of the runs' losses. The K losses are combined here, not in the
+        runs' own ``step_loss``: those forward a whole network each, a pack forwards one."""
+        with self.autocast():
+            pooled = self.backbone.forward_features(x).mean(dim=(2, 3))
+        d = self.backbone.num_features
+        total = None
+        for k, (t, head) in enumerate(zip(self.trainers, self.heads)):
+            with self.autocast():
+                logits = head(pooled[:, k * d:(k + 1) * d])
+            loss = t.criterion(logits.float(), y[:, k], mask)
+            self.sums[k].add_(loss.detach())  # parameters are disjoint: each run's gradient is its own loss's
+            total = loss if total is None else total + loss
+        return total
 
     def momentum_in(self) -> None:
         """Each run's momentum buffers (if any) into the packed optimiser's state."""
@@ -923,44 +844,6 @@ class PackedRuns:
             torch._foreach_copy_(dst, src)
 
 
-class _PackAdapter(_Adapter):
-    """The step of a pack: each run's batch from its own sampler and generator (augmented as its
-    eager loop would), side by side along channels; each run's head and loss on its slice of the
-    packed features; the sum of the runs' losses (their parameters are disjoint, so each run's
-    gradient is its own loss's)."""
-
-    def __init__(self, fp: "FastPath") -> None:
-        super().__init__(fp)
-        self.sums = torch.zeros(self.tr.k, device=self.tr.device)
-        fp.statics.append(self.sums)
-
-    def prepare(self, batches: Tuple[Tensor, ...], gens: Sequence[torch.Generator]) -> Tuple[Tensor, ...]:
-        xs, ys = [], []
-        for t, idx, g in zip(self.tr.trainers, batches, gens):
-            x, y = t.train_set.batch(idx, augment=True, generator=g)
-            xs.append(x)
-            ys.append(y)
-        x = torch.cat(xs, dim=1)
-        if self.tr.trainers[0].channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        (x, y), mask = self.pad(x, torch.stack(ys, dim=1))
-        return x, y, mask
-
-    def loss(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        tr = self.tr
-        with tr.autocast():
-            pooled = tr.backbone.forward_features(x).mean(dim=(2, 3))
-        d = tr.backbone.num_features
-        total = None
-        for k, (head, loss_fn) in enumerate(zip(tr.heads, tr.loss_fns)):
-            with tr.autocast():
-                logits = head(pooled[:, k * d:(k + 1) * d])
-            loss = loss_fn(logits.float(), y[:, k], **self.fp.mask_kw(mask))
-            self.sums[k].add_(loss.detach())
-            total = loss if total is None else total + loss
-        return total
-
-
 def fit_pack(trainers: Sequence[Any], out_dirs: Sequence[Any], deadline: Optional[float] = None,
              mode: Union[str, bool] = "graph", backend: Optional[str] = None) -> List[Any]:
     """Train K runs of one recipe as one packed network (:class:`PackedCifarResNet`) in lockstep
@@ -974,8 +857,6 @@ def fit_pack(trainers: Sequence[Any], out_dirs: Sequence[Any], deadline: Optiona
     is raised. ``mode``: ``"static"`` or ``"graph"`` (:class:`FastPath`).
     """
     import time
-
-    from .engine import DeadlineReached
 
     mode = check_mode(mode) or "graph"
     loops = [t.fit_epochs(d, None) for t, d in zip(trainers, out_dirs)]
@@ -993,7 +874,7 @@ def fit_pack(trainers: Sequence[Any], out_dirs: Sequence[Any], deadline: Optiona
     if len({epochs[i] for i in live}) != 1:
         raise ValueError(f"the runs of a pack must resume from the same epoch, got {[epochs[i] for i in live]}")
     pack = PackedRuns([trainers[i] for i in live])
-    fp = FastPath(pack, mode, backend=backend, adapter_cls=_PackAdapter)
+    fp = FastPath(pack, mode, backend=backend)
     pack.fast = fp
     pack.momentum_in()
     stopped: Optional[BaseException] = None
@@ -1011,11 +892,11 @@ def fit_pack(trainers: Sequence[Any], out_dirs: Sequence[Any], deadline: Optiona
             g["lr"] = lr
         pack.backbone.train()
         gens = [t.augment_generator(epoch) for t in pack.trainers]
-        fp.adapter.sums.zero_()
+        pack.sums.zero_()
         _, steps = fp.run_epoch(epoch, gens)
         pack.backbone.copy_out()
         pack.momentum_out()
-        sums = fp.adapter.sums.tolist()  # one host sync per epoch
+        sums = pack.sums.tolist()  # one host sync per epoch
         if pack.device.type == "cuda":
             torch.cuda.synchronize(pack.device)
         share = (time.perf_counter() - t0) / pack.k
@@ -1041,78 +922,3 @@ def fit_pack(trainers: Sequence[Any], out_dirs: Sequence[Any], deadline: Optiona
         epoch = nxt
     fp.close()
     return results
-
-
-def start_epoch(store: Any, spec: Any) -> int:
-    """The epoch a run would start from: its checkpoint's, else 0."""
-    from .engine import CHECKPOINT_FILE
-
-    ckpt = store.folder(spec) / CHECKPOINT_FILE
-    if not ckpt.is_file():
-        return 0
-    try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is set aside by the run
-        return 0
-
-
-def run_pack(specs: Sequence[Any], store: Any, options: Any = None) -> List[Any]:
-    """Train the runs ``specs`` (one recipe: equal :func:`pack_key`) as one pack and save each
-    in ``store`` exactly as :func:`ltbench.runs.run` saves a run trained alone (same files, same
-    ``metrics.json`` fields; ``execution`` also records the pack). Runs already finished (the
-    store's :meth:`~ltbench.runs.RunStore.load`, the same test as ``run()``'s) are returned as
-    they are and not trained. ``options.fast``: the pack's step mode (``"static"`` by default,
-    ``"graph"`` compiles it). Raises :class:`~ltbench.engine.DeadlineReached` when the deadline
-    stopped the pack (every run checkpointed at the same epoch; call again to resume).
-    """
-    import contextlib
-
-    from .engine import CHECKPOINT_FILE, TrainResult, Trainer
-    from .io import atomic_write_json
-    from .runs import METHODS, SPEC_FILE, ExecOptions, RunStore, _checkpoint_readable
-
-    store = RunStore(store)
-    options = options or ExecOptions()
-    specs = list(specs)
-    keys = {pack_key(s) for s in specs}
-    if None in keys or len(keys) != 1:
-        raise ValueError("run_pack needs runs of one recipe that can be packed (pack_key): joint runs of a CIFAR "
-                         "ResNet that differ only in " + ", ".join(PACK_VARYING))
-    if options.wrap_trainer is not None or not options.writer:
-        raise ValueError("packs train in one process (no DDP wrapper, and this process writes)")
-    store.check_writable()
-    out: List[Any] = [None] * len(specs)
-    with contextlib.ExitStack() as stack:
-        todo = []
-        for i, spec in enumerate(specs):
-            stack.enter_context(store.lock(spec, options.lock_timeout))
-            done = store.load(spec)
-            if done is not None:
-                out[i] = done
-                continue
-            folder = store.folder(spec)
-            ckpt = folder / CHECKPOINT_FILE
-            if ckpt.is_file() and not _checkpoint_readable(ckpt):
-                store._set_aside(ckpt, "is not a readable checkpoint")
-            todo.append(i)
-        if not todo:
-            return out
-        trainers = []
-        for i in todo:
-            spec = specs[i]
-            m = METHODS.get(spec.method)
-            t = m.trainer(spec.train_config(options), progress=False, **m.trainer_kwargs(spec, {}))
-            if type(t) is not Trainer:
-                raise ValueError(f"{spec.describe()}: only method 'joint' runs can be packed")
-            t.label, t.run_key = spec.describe(), spec.key
-            atomic_write_json(store.folder(spec) / SPEC_FILE, spec.to_dict())
-            trainers.append(t)
-        mode = check_mode(options.fast) or "static"
-        results = fit_pack(trainers, [store.folder(specs[i]) for i in todo], options.deadline, mode)
-        pack_record = {"size": len(todo), "mode": mode, "runs": [specs[i].key for i in todo]}
-        for i, result in zip(todo, results):
-            spec = specs[i]
-            result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": {**options.record(spec), "pack": pack_record}}
-            result.save(store.folder(spec))
-            out[i] = TrainResult.load(store.folder(spec))
-    return out

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import load_finished
 from .config import TrainConfig
 from .data import DeviceDataset
 from .engine import CHECKPOINT_FILE, Trainer
@@ -335,45 +336,26 @@ class FeatureAugmenter:
         cam = class_activation_maps(feature_map, self.cam_weight, labels)
         return decompose(feature_map, cam, self.tau_s, self.tau_g)
 
-    def draws(self, b: int, h: int, w: int, device: torch.device,
-              generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The random numbers :meth:`augment` draws for ``b`` real samples and ``h x w`` feature
-        maps, in its order: confusing-class picks, partner uniforms, gammas, mixing uniforms
-        (:mod:`ltbench.fastpath` draws them outside its compiled step and passes them in)."""
-        m = b * self.n_a
-        pick = torch.randint(0, self.n_f, (m,), device=device, generator=generator)
-        u = torch.rand(m, device=device, generator=generator)
-        gamma = torch.rand(m, device=device, generator=generator)
-        return pick, u, gamma, torch.rand(m, h, w, device=device, generator=generator)
-
-    def augment(self, feature_map: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None,
-                draws: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None) -> AugmentedBatch:
+    def augment(self, feature_map: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> AugmentedBatch:
         """``N_a`` mixed maps per real sample, vectorised, without host synchronisation.
 
         For sample ``i`` and draw ``a``: a confusing class ``c`` uniform among the ``N_f`` of
         ``y_i``, a uniform sample of ``c`` from the bank, ``gamma ~ U(0, 1)``, then
         :func:`mix_features` of ``i``'s class-specific and the partner's class-generic features.
-        ``draws``: the output of :meth:`draws` to use instead of drawing from ``generator``.
         """
         dev = feature_map.device
         b, n_a = labels.shape[0], self.n_a
         rows = torch.arange(b, device=dev).repeat_interleave(n_a)
         y = labels[rows]
-        if draws is None:
-            pick = torch.randint(0, self.n_f, (b * n_a,), device=dev, generator=generator)
-        else:
-            pick, u, gamma, mix_u = draws
+        pick = torch.randint(0, self.n_f, (b * n_a,), device=dev, generator=generator)
         cls = self.confusing[y, pick]
         n_c = self.class_counts[cls]
-        if draws is None:
-            u = torch.rand(b * n_a, device=dev, generator=generator)
+        u = torch.rand(b * n_a, device=dev, generator=generator)
         within = torch.minimum((u * n_c).floor().long(), (n_c - 1).clamp_min(0))
         partner = self.by_class[self.offsets[cls] + within]
-        if draws is None:
-            gamma = torch.rand(b * n_a, device=dev, generator=generator)
-            mix_u = None
+        gamma = torch.rand(b * n_a, device=dev, generator=generator)
         specific = self.specific(feature_map.float(), labels).specific[rows]
-        mixed, source = mix_features(specific, self.generic_bank[partner].float(), gamma, generator, u=mix_u)
+        mixed, source = mix_features(specific, self.generic_bank[partner].float(), gamma, generator)
         return AugmentedBatch(mixed, y, self.is_tail[y], source, gamma, partner, cls)
 
 
@@ -413,18 +395,9 @@ def build_augmenter(
 
 def load_phase1(phase1_dir: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """The Phase-I ``checkpoint.pt`` of a finished whole-network run (config, model, counts)."""
-    path = Path(phase1_dir) / CHECKPOINT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no Phase-I checkpoint at {path}: pass the folder of a finished whole-network run "
-                                "(e.g. the CE baseline; ltbench.runs.run(spec, store, require_weights=True))")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    missing = [k for k in ("config", "model", "num_classes", "counts") if k not in state]
-    if missing:
-        raise ValueError(f"{path} is not a train() checkpoint (missing {missing})")
-    if "epoch" in state and state["epoch"] != state["config"].get("epochs"):
-        raise ValueError(f"Phase-I run {phase1_dir} is unfinished (epoch {state['epoch']} of "
-                         f"{state['config'].get('epochs')}); finish it with ltbench.runs.run(spec, store) first")
-    return state
+    return load_finished(phase1_dir, "Phase-I", "pass the folder of a finished whole-network run (e.g. the CE "
+                         "baseline; ltbench.runs.run(spec, store, require_weights=True))",
+                         ("config", "model", "num_classes", "counts"), map_location)
 
 
 def phase1_model(phase1_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, TrainConfig]:
@@ -565,17 +538,30 @@ class FSATrainer(Trainer):
         super().on_epoch_start(epoch)
         self.model.eval()  # frozen backbone: BatchNorm uses (and never updates) its running statistics
 
-    def training_step(self, batch: Any, epoch: int, generator: torch.Generator) -> Tensor:
+    #: The real feature maps and labels, the mixed maps, their labels and validity (``N_a`` rows
+    #: per real sample, sample-major): all per sample.
+    step_input_kinds = ("sample",) * 5
+
+    def step_inputs(self, batch: Any, epoch: int, generator: torch.Generator) -> Tuple[Tensor, ...]:
+        """``(f, y, mixed, mixed_y, valid)``: the frozen features of the augmented batch and its
+        online mixing (FSA's augmentation is in feature space, so it belongs to the eager part)."""
         if self.model.training:
             self.model.eval()
-        x, y = self.train_set.batch(batch, augment=True, generator=generator)
+        x, y = super().step_inputs(batch, epoch, generator)
         with torch.no_grad(), self.autocast():
             f = self.model.forward_features(x)
         f = f.float()
         aug = self.augmenter.augment(f, y, generator)
-        feats = torch.cat([f, aug.features])
-        labels = torch.cat([y, aug.labels])
-        weights = torch.cat([torch.ones_like(y, dtype=torch.float32), aug.valid.float()])
+        return f, y, aug.features, aug.labels, aug.valid
+
+    def step_loss(self, f: Tensor, y: Tensor, mixed: Tensor, mixed_y: Tensor, valid: Tensor, *,
+                  mask: Optional[Tensor] = None) -> Tensor:
+        """Mean CE of the classifier over the real samples and the valid (tail) mixed maps
+        (docs/methods.md §8)."""
+        feats = torch.cat([f, mixed])
+        labels = torch.cat([y, mixed_y])
+        real = torch.ones_like(y, dtype=torch.float32) if mask is None else mask
+        weights = torch.cat([real, valid.float() * real.repeat_interleave(mixed.shape[0] // y.shape[0])])
         with self.autocast():
             logits = self.model.forward_head(feats)
         per_sample = F.cross_entropy(logits.float(), labels, reduction="none")

@@ -37,6 +37,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .engine import CHECKPOINT_FILE, METRICS_FILE, request_stop, stop_requested
+from .checks import is_int, is_positive_number, require
+from .comparison import plan_comparison, train_comparison
+from .executor import PlanEntry, execute, plan
+from .parameters import ConfigError
+from .published import published
+from .runs import DeadlineReached, RunStore, cost
 from .io import atomic_write_json
 
 __all__ = ["Step", "QUEUE", "queue_plan", "harvest", "needed_keys", "stage_files", "stage", "main"]
@@ -59,6 +65,10 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     tiers: Optional[Tuple[int, ...]] = None
     seeds: Optional[int] = None
+    #: A loss outside the package (``"file.py:Name"``) to compare with the profile's baselines
+    #: (:func:`ltbench.compare.compare`) instead of executing notebooks; ``method_params`` its arguments.
+    method: Optional[str] = None
+    method_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _nb04(**params: Any) -> Dict[str, Any]:
@@ -75,6 +85,10 @@ QUEUE: Tuple[Step, ...] = (
     Step("cpu calibration, 50 epochs: CE, LDAM-DRW, BBN", "cpu", ("04_bbn_and_two_stage",),
          _nb04(**CALIBRATION, epochs=50)),
     Step("cpu tiers 0-1, seed 0", "cpu", tiers=(0, 1)),
+    Step("cpu: logit adjustment against the baselines (examples/, tau 1)", "cpu",
+         method="examples/logit_adjustment.py:LogitAdjustedLoss", method_params={"tau": 1.0}),
+    Step("cpu: Balanced Softmax against the baselines (examples/)", "cpu",
+         method="examples/balanced_softmax.py:BalancedSoftmaxLoss"),
     Step("paper CIFAR-10 IR100: CE 200 epochs, cRT, tau-norm, LWS", "paper", ("04_bbn_and_two_stage",),
          {**_nb04(**_PAPER_C10, methods=["CE", "cRT", "tau-norm", "LWS"], run_grid=False, run_ablations=False)},
          seeds=1),
@@ -94,10 +108,27 @@ STATUS_FILE = "status.json"
 
 
 def _plan(step: Step, results: Union[str, os.PathLike], notebooks: Union[str, os.PathLike]) -> List[Any]:
-    from .executor import plan
-
+    if step.method:
+        store = RunStore(Path(results) / step.profile)
+        _, _, mine = plan_comparison(step.method, step.method_params, step.profile, step.seeds, notebooks)
+        return [PlanEntry(s, 1, ["compare"], [step.name], store.status(s), cost(s), [], store.start_epoch(s))
+                for s in mine]
     return plan(step.profile, results, step.seeds, list(step.only) if step.only else None, dict(step.params),
                 notebooks)
+
+
+def _compare_step(step: Step, results: Union[str, os.PathLike], notebooks: Union[str, os.PathLike],
+                  left: Optional[float], compile: Union[bool, str]) -> Tuple[str, List[str], bool]:
+    """(summary, failed, stopped) of a comparison step: its runs train; baselines are only loaded."""
+    try:
+        *_, trained = train_comparison(step.method, step.method_params, step.profile, step.seeds, results, notebooks,
+                                       deadline=left, compile=compile, verbose=True)
+    except DeadlineReached:
+        return "compare: stopped at the deadline (resumes next time)", [], True
+    except ConfigError as exc:  # e.g. a baseline not trained yet: the later steps still run
+        return f"compare: not run: {exc}", [step.name], False
+    return (f"compare: {len(trained)} run(s) trained; `python -m ltbench compare --method {step.method} --profile "
+            f"{step.profile}` renders the comparison"), [], False
 
 
 def queue_plan(results: Union[str, os.PathLike] = "results", notebooks: Union[str, os.PathLike] = "notebooks",
@@ -124,12 +155,9 @@ def harvest(results: Union[str, os.PathLike] = "results", notebooks: Union[str, 
     """Train ``queue`` from step ``start`` in order until it is done, ``deadline`` seconds have
     passed or a stop is requested (:func:`ltbench.engine.request_stop`). A run stopped mid-way
     keeps its checkpoint and resumes at the next call. Returns what each step did."""
-    from .executor import execute
-
-    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0):
-        raise ValueError(f"invalid deadline={deadline!r}: must be a positive number of seconds or None")
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < max(len(queue), 1):
-        raise ValueError(f"invalid start={start!r}: must be a step index in [0, {len(queue)})")
+    require(deadline is None or is_positive_number(deadline), "deadline", deadline,
+            "a positive number of seconds or None")
+    require(is_int(start) and 0 <= start < max(len(queue), 1), "start", start, f"a step index in [0, {len(queue)})")
     for step in queue:  # every step's parameters are checked before anything trains
         _plan(step, results, notebooks)
     status = Path(status_file) if status_file is not None else None
@@ -147,12 +175,16 @@ def harvest(results: Union[str, os.PathLike] = "results", notebooks: Union[str, 
             break
         _write_status(status, pid=os.getpid(), step=i, name=step.name, started=t0, steps=done)
         print(f"harvest: step {i} - {step.name}" + (f" ({left:.0f} s left)" if left else ""), flush=True)
-        report = execute(step.profile, results, tiers=list(step.tiers) if step.tiers else None, deadline=left,
-                         seeds=step.seeds, only=list(step.only) if step.only else None, overrides=dict(step.params),
-                         notebooks_dir=notebooks, progress=False, threads=threads, data_root=data_root,
-                         compile=compile)
-        done.append({"step": i, "name": step.name, "summary": report.summary(), "failed": report.failed})
-        if report.deadline_hit or stop_requested():
+        if step.method:
+            summary, failed, stopped = _compare_step(step, results, notebooks, left, compile)
+        else:
+            report = execute(step.profile, results, tiers=list(step.tiers) if step.tiers else None, deadline=left,
+                             seeds=step.seeds, only=list(step.only) if step.only else None,
+                             overrides=dict(step.params), notebooks_dir=notebooks, progress=False, threads=threads,
+                             data_root=data_root, compile=compile)
+            summary, failed, stopped = report.summary(), report.failed, report.deadline_hit
+        done.append({"step": i, "name": step.name, "summary": summary, "failed": failed})
+        if stopped or stop_requested():
             reason = "stop requested" if stop_requested() else "deadline"
             break
     out = {"reason": reason, "seconds": round(time.time() - t0, 1), "steps": done}
@@ -172,9 +204,6 @@ def calibration(results: Union[str, os.PathLike] = "results",
     :data:`CALIBRATION_LENGTHS` at which LDAM-DRW's and BBN's last-epoch gains over CE are each at
     least half their published CIFAR-10 IR100 gains, else the longest. ``rows``: per length, each
     method's top-1 (None while it is not trained); ``epochs``: the choice, None while undecided."""
-    from .published import published
-    from .runs import RunStore
-
     ce_pub = published("CE (softmax)", "cifar10", 100)
     rows = []
     choice = None
@@ -194,14 +223,16 @@ def calibration(results: Union[str, os.PathLike] = "results",
         ok = None if None in gains.values() else all(
             gains[label] >= (published(row, "cifar10", 100) - ce_pub) / 2 for label, row in CALIBRATED.items())
         rows.append({"epochs": epochs, "top1": top1, "gains": gains, "meets_half_published": ok})
-    for r in sorted(rows, key=lambda r: r["epochs"]):
+    ordered = sorted(rows, key=lambda r: r["epochs"])
+    for i, r in enumerate(ordered):
+        if i == len(ordered) - 1:
+            choice = r["epochs"]  # every shorter length failed: the longest is the rule's answer, whatever it shows
+            break
         if r["meets_half_published"] is None:
             break  # a shorter length is undecided: nothing longer can be chosen yet
         if r["meets_half_published"]:
             choice = r["epochs"]
             break
-    else:
-        choice = max(r["epochs"] for r in rows) if rows else None
     half = {k: round((published(v, "cifar10", 100) - ce_pub) / 2, 2) for k, v in CALIBRATED.items()}
     return {"rows": rows, "half_published_gains": half, "epochs": choice}
 
@@ -307,9 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "run":
-            import ltbench
-
-            print(f"harvest: ltbench from {Path(ltbench.__file__).parent}, pid {os.getpid()}, {lower_priority()}",
+            print(f"harvest: ltbench from {Path(__file__).resolve().parent}, pid {os.getpid()}, {lower_priority()}",
                   flush=True)
             _install_signal_handlers()
             harvest(args.results, args.notebooks, args.deadline, start=args.start, status_file=args.status,

@@ -1,4 +1,4 @@
-"""The built-in methods of :data:`ltbench.runs.METHODS`, and builders of their run specs.
+"""The built-in methods of :data:`ltbench.runs.METHODS` (defined in :mod:`ltbench.spec`), and builders of their run specs.
 
 Each method is one :func:`~ltbench.runs.register_method` call naming its configuration class, its
 trainer, its parameters with defaults, its dependencies and how its parameters are checked.
@@ -30,7 +30,7 @@ from .fsa import (DEFAULT_TAU_G, DEFAULT_TAU_S, HEAD_FRACTION, FSATrainer, check
                   phase2_config)
 from .mixup import MixupTrainer, check_alpha
 from .ohem import OHEMTrainer
-from .runs import Method, RunSpec, make_spec, need_whole_network, register_method
+from .spec import Method, RunSpec, make_spec, need_whole_network, register_method
 from .two_stage import (DATA_FIELDS, STAGE2_METHODS, ClassifierTrainer, StageTwoConfig, TauNormTrainer,
                         stage_two_config)
 
@@ -105,16 +105,6 @@ register_method(Method("fsa", "FSA phase II: classifier fine-tuned on real + mix
 
 # --------------------------------------------------------------------------------------------
 # Builders
-
-
-def _config_of(stage1: Union[RunSpec, TrainConfig, Mapping[str, Any]]) -> Dict[str, Any]:
-    if isinstance(stage1, RunSpec):
-        return stage1.config
-    if isinstance(stage1, TrainConfig):
-        return stage1.to_dict()
-    if isinstance(stage1, Mapping):
-        return dict(stage1)
-    raise ValueError(f"expected a RunSpec, TrainConfig or config mapping, got {stage1!r}")
 
 
 def joint_spec(cfg: TrainConfig) -> RunSpec:

@@ -11,13 +11,15 @@ coefficient per batch and a random pairing within the batch::
 The images are mixed on the device after the batched augmentation. ``lam`` is drawn on the host
 from a generator seeded by (run seed, epoch), one draw per step (a Python float: no host sync), and
 the permutation from the epoch's augmentation generator, so a resumed run mixes exactly as an
-uninterrupted one.
+uninterrupted one. Both are drawn in :meth:`MixupTrainer.step_inputs`; ``(lam, 1 - lam)`` reaches
+the loss as a tensor input (computed in double on the host, as the Python floats were), so the
+fast path's traced step takes a new lambda every step without recompiling.
 """
 from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
@@ -34,8 +36,10 @@ def check_alpha(alpha: Any) -> float:
     return float(alpha)
 
 
-def mix_batch(x: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
-    """``lam x + (1 - lam) x[perm]``."""
+def mix_batch(x: torch.Tensor, lam: Union[float, torch.Tensor], perm: torch.Tensor) -> torch.Tensor:
+    """``lam x + (1 - lam) x[perm]``; ``lam`` a float or the pair ``[lam, 1 - lam]`` as a tensor."""
+    if isinstance(lam, torch.Tensor):
+        return lam[0] * x + lam[1] * x[perm]
     return lam * x + (1.0 - lam) * x[perm]
 
 
@@ -57,11 +61,24 @@ class MixupTrainer(Trainer):
         super().on_epoch_start(epoch)
         self._lam = random.Random(derive_seed(self.cfg.seed, epoch, "mixup"))
 
-    def training_step(self, batch: Any, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        x, y = self.train_set.batch(batch, augment=True, generator=generator)
+    #: The batch and its pairing are per sample; ``(lam, 1 - lam)`` is one per step.
+    step_input_kinds = ("sample", "sample", "sample", None)
+
+    def step_inputs(self, batch: Any, epoch: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]:
+        """``(x, y, perm, lams)``: the augmented batch, the pairing ``perm`` (from ``generator``)
+        and ``lams = [lam, 1 - lam]`` in ``x``'s dtype (``lam`` from the epoch's host generator)."""
+        x, y = super().step_inputs(batch, epoch, generator)
         lam = self._lam.betavariate(self.alpha, self.alpha)
         perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
+        # Built on the host and copied without waiting (no host sync on CUDA).
+        lams = torch.tensor([lam, 1.0 - lam], dtype=x.dtype).to(x.device, non_blocking=True)
+        return x, y, perm, lams
+
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lams: torch.Tensor, *,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``lam L(f(x'), y) + (1 - lam) L(f(x'), y[perm])``, ``x' = lam x + (1 - lam) x[perm]``."""
         with self.autocast():
-            logits = self.forward(mix_batch(x, lam, perm))
+            logits = self.forward(mix_batch(x, lams, perm))
         logits = logits.float()
-        return lam * self.loss_fn(logits, y) + (1.0 - lam) * self.loss_fn(logits, y[perm])
+        w = lams.to(logits.dtype)
+        return w[0] * self.criterion(logits, y, mask) + w[1] * self.criterion(logits, y[perm], mask)

@@ -1,19 +1,34 @@
-"""Small helpers the notebooks call: run folders, tables (CSV + Markdown) and figures (PNG +
-PDF + inline), and the computed conclusion a notebook ends with.
+"""Small helpers the notebooks call: the session a notebook opens (:func:`setup`), run folders,
+tables (CSV + Markdown) and figures (PNG + PDF + inline), the caveats and the computed conclusion
+a notebook ends with.
 
-They keep the notebooks thin: a notebook plans its runs (:mod:`ltbench.experiments`), gets them
-through ``materialize``, then saves and shows tables and figures through these functions, always
-atomically. The figures' style is :mod:`ltbench.plotting`.
+They keep the notebooks thin. A notebook's first code cell calls
+``session = setup("<notebook>", globals())``: the profile's values, the plotting style, the run
+store and the datasets present, in one call. It then plans its runs (``session.plan()``, the
+experiment module's ``runs`` with the notebook's parameters), gets them (``session.materialize``),
+computes its frames with the paper's experiment module (:mod:`ltbench.experiments`), shows its
+tables (:func:`ltbench.tables.method_table`, ``session.show``) and figures (``session.figure``),
+always written atomically, and ends with ``session.conclude``. The figures' style is
+:mod:`ltbench.plotting`.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence
 
+from . import plotting, profiles
+from .engine import TrainResult
+from .experiments import PlannedRun, check_datasets, experiment, materialize
 from .io import atomic_write_text
+from .published import CAVEATS
+from .runs import RunSpec, RunStore
+from .text import verdict  # noqa: F401 - notebooks import it from here
 from .plotting import DPI, FORMATS, save
 
 
@@ -93,15 +108,6 @@ def _relink(text: str, folder: Path) -> str:
     return re.sub(r"\]\(([^)#\s]+)(#[^)\s]*)?\)", fix, text)
 
 
-def verdict(holds: Optional[bool], partial: bool = False) -> str:
-    """'holds', 'does not hold', 'holds in part' or 'cannot be checked' (``holds`` None)."""
-    if holds is None:
-        return "cannot be checked"
-    if partial:
-        return "holds in part"
-    return "holds" if holds else "does not hold"
-
-
 def conclusion(claim: str, findings: "Any", profile: str, out_dir: Optional[str | Path] = None,
                title: str = "Conclusion", note: Optional[str] = None) -> "Any":
     """The notebook's closing statement, computed from its results, as Markdown.
@@ -134,3 +140,137 @@ def conclusion(claim: str, findings: "Any", profile: str, out_dir: Optional[str 
     except ImportError:  # pragma: no cover - notebooks always have IPython
         return text
     return Markdown(text)
+
+
+def caveats(profile: str, detail: str = "") -> None:
+    """Print the caveats every comparison with a published number carries (:data:`ltbench.published.CAVEATS`),
+    and for a profile other than ``paper`` that its schedule is shortened (``detail`` is added to that line)."""
+    print("Caveats:")
+    for c in CAVEATS:
+        print(" -", c)
+    if profile != "paper":
+        print(f" - profile '{profile}' uses a shortened schedule / subset{detail}: not comparable with the published numbers.")
+
+
+def show(obj: Any) -> None:
+    """Display ``obj`` in the notebook (print it outside IPython); returns None, so nothing is echoed."""
+    try:
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - notebooks always have IPython
+        print(obj)
+        return
+    display(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# The session a notebook opens
+
+_LITERALS = (type(None), bool, int, float, str)
+#: Names IPython keeps in a notebook's namespace that hold literals but are no parameters.
+_NOT_PARAMETERS = {"In", "Out"}
+
+
+def _is_literal(v: Any) -> bool:
+    if isinstance(v, _LITERALS):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_is_literal(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, _LITERALS) and _is_literal(x) for k, x in v.items())
+    return False
+
+
+def parameters_of(namespace: Mapping[str, Any]) -> Dict[str, Any]:
+    """The parameters in a notebook's namespace: every public name bound to a plain literal (the
+    ``parameters`` cell may hold nothing else); modules, functions and IPython's own names are left out."""
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and k not in _NOT_PARAMETERS and _is_literal(v)}
+
+
+def call_with(fn: Callable[..., Any], parameters: Mapping[str, Any], **overrides: Any) -> Any:
+    """``fn`` called with the entries of ``{**parameters, **overrides}`` that it names (the rest are
+    ignored), as :func:`ltbench.experiments.runs_for_notebook` calls an experiment's ``runs``."""
+    sig = inspect.signature(fn)
+    given = {**parameters, **overrides}
+    return fn(**{k: v for k, v in given.items() if k in sig.parameters})
+
+
+@dataclass
+class Session:
+    """What :func:`setup` opened for a notebook: its parameters (after the profile), its output
+    folder, the run store and the datasets present.
+
+    ``params``: the parameters (the namespace's literals, the profile's values applied);
+    ``out``: ``out_dir``; ``store``: the run store at ``store_dir``; ``present`` / ``skipped``:
+    the datasets of ``datasets`` whose data is here, and those skipped with the reason;
+    ``changed``: what the profile changed.
+    """
+
+    name: str
+    params: Dict[str, Any]
+    out: Path
+    store: RunStore
+    present: List[str]
+    skipped: Dict[str, str] = field(default_factory=dict)
+    changed: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def profile(self) -> str:
+        return self.params["profile"]
+
+    def call(self, fn: Callable[..., Any], **overrides: Any) -> Any:
+        """``fn`` with the parameters it names, ``datasets`` being the datasets present
+        (e.g. ``session.call(experiment.settings)``)."""
+        return call_with(fn, {**self.params, "datasets": self.present}, **overrides)
+
+    def plan(self, **overrides: Any) -> List[PlannedRun]:
+        """The notebook's runs: its experiment module's ``runs`` with the notebook's parameters
+        (:meth:`call`), as ``python -m ltbench plan`` enumerates them, on the datasets present."""
+        return self.call(experiment(self.name).runs, **overrides)
+
+    def materialize(self, planned: Sequence[PlannedRun], weights: Iterable[RunSpec] = ()) -> List[TrainResult]:
+        """The results of ``planned``: loaded from the store, trained where missing
+        (:func:`ltbench.experiments.materialize`); the manifest ``runs.json`` goes to ``out``."""
+        return materialize(planned, self.store, self.out, device=self.params.get("device", "auto"),
+                           data_root=self.params.get("data_root"), weights=weights)
+
+    def save(self, df: Any, name: str, title: Optional[str] = None) -> Any:
+        """:func:`save_table` into ``out``; returns ``df``."""
+        return save_table(df, self.out, name, title)
+
+    def show(self, df: Any, name: str, title: Optional[str] = None) -> None:
+        """:func:`save_table` into ``out``, then display the table."""
+        show(save_table(df, self.out, name, title))
+
+    def figure(self, fig: Any, name: str, show: bool = True) -> None:
+        """:func:`save_figure` into ``out``."""
+        save_figure(fig, self.out, name, show=show)
+
+    def caveats(self, detail: str = "") -> None:
+        """:func:`caveats` of this profile."""
+        caveats(self.profile, detail)
+
+    def conclude(self, claim: str, findings: Any, note: Optional[str] = None) -> None:
+        """Display the notebook's :func:`conclusion` (written to ``out/conclusion.md`` too)."""
+        show(conclusion(claim, findings, self.profile, self.out, note=note))
+
+
+def setup(name: str, namespace: MutableMapping[str, Any]) -> Session:
+    """Open notebook ``name``'s session from its namespace (``globals()``, holding the parameters).
+
+    Applies the profile (:func:`ltbench.profiles.apply_profile`: a parameter still at its quick
+    default takes ``profile``'s value, in ``namespace`` itself, so the notebook's names see it),
+    sets the plotting style, silences tqdm's warning about missing ipywidgets (under papermill
+    each run prints one line instead of a bar), opens the run store, checks which datasets are
+    present (printing a ``SKIPPED`` line for each missing one) and prints what it trains on.
+    """
+    # tqdm.auto warns once when ipywidgets is missing.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    plotting.use_style()
+    changed = profiles.apply_profile(name, namespace)
+    params = parameters_of(namespace)
+    present, skipped = check_datasets(params["datasets"], params.get("data_root"))
+    for dataset, why in skipped.items():
+        print(f"SKIPPED {dataset}: {why}")
+    print("training on:", present)
+    return Session(name, params, Path(params["out_dir"]), RunStore(params["store_dir"]), present, skipped, changed)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -83,10 +83,17 @@ class OHEMLoss(NamedTuple):
     loss: Tensor  # scalar, mean CE over the kept samples
     kept: Tensor  # [k] indices into the batch, hardest first
     scores: Tensor  # [N] per-sample losses used for the ranking (detached)
+    weight: Optional[Tensor] = None  # [k] 0/1: which kept samples count (padded batches); None: all
 
 
-def _top_k(scores: Tensor, k: int) -> Tensor:
+def _top_k(scores: Tensor, k: int, mask: Optional[Tensor] = None) -> Tensor:
+    if mask is not None:  # a padded batch: padding is never hard
+        scores = scores.masked_fill(mask == 0, float("-inf"))
     return torch.topk(scores, k, sorted=True).indices
+
+
+def _mean(per: Tensor, weight: Optional[Tensor]) -> Tensor:
+    return per.mean() if weight is None else (per * weight).sum() / weight.sum()
 
 
 def ohem_two_pass(
@@ -96,41 +103,50 @@ def ohem_two_pass(
     keep_ratio: float,
     model: Optional[nn.Module] = None,
     autocast: Optional[Callable[[], Any]] = None,
+    mask: Optional[Tensor] = None,
+    kept_mask: Optional[Tensor] = None,
 ) -> OHEMLoss:
     """The faithful form (docs/methods.md §9): score without gradients (training mode, BN running stats
     frozen via :func:`frozen_bn_stats` on ``model``), keep the top-k, forward and backward only
-    those. ``forward`` maps images to logits (the model or its compiled version)."""
+    those. ``forward`` maps images to logits (the model or its compiled version).
+
+    A padded batch (:mod:`ltbench.fastpath`): ``mask [N]`` marks the real samples (only they are
+    ranked), ``kept_mask [k]`` the first ``num_kept(n)`` of the ``k`` kept (only they count)."""
     amp = autocast or _no_autocast
     n = y.shape[0]
     k = num_kept(n, keep_ratio)
     if k == n:  # nothing to mine: an ordinary step (the scoring pass would change nothing)
         with amp():
             per = per_sample_ce(forward(x), y)
-        return OHEMLoss(per.mean(), torch.arange(n, device=y.device), per.detach())
+        return OHEMLoss(_mean(per, mask), torch.arange(n, device=y.device), per.detach(), mask)
     with torch.no_grad(), (frozen_bn_stats(model) if model is not None else _null()), amp():
         scores = per_sample_ce(forward(x), y)
-    kept = _top_k(scores, k)
+    kept = _top_k(scores, k, mask)
     with amp():
         per = per_sample_ce(forward(x[kept]), y[kept])
-    return OHEMLoss(per.mean(), kept, scores)
+    return OHEMLoss(_mean(per, kept_mask), kept, scores, kept_mask)
 
 
 def ohem_masked(
     forward: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, keep_ratio: float,
-    autocast: Optional[Callable[[], Any]] = None,
+    autocast: Optional[Callable[[], Any]] = None, mask: Optional[Tensor] = None,
+    kept_mask: Optional[Tensor] = None,
 ) -> OHEMLoss:
     """The cheaper single-pass variant (labelled as such): one forward of the whole batch,
     ``L = sum_i m_i CE_i / k`` with ``m`` the top-k mask of the detached losses. BatchNorm sees
-    the whole batch (unlike :func:`ohem_two_pass`)."""
+    the whole batch (unlike :func:`ohem_two_pass`). ``mask`` / ``kept_mask``: as there."""
     amp = autocast or _no_autocast
     n = y.shape[0]
     k = num_kept(n, keep_ratio)
     with amp():
         per = per_sample_ce(forward(x), y)
     scores = per.detach()
-    kept = _top_k(scores, k)
-    mask = torch.zeros_like(per).index_fill_(0, kept, 1.0)
-    return OHEMLoss((per * mask).sum() / k, kept, scores)
+    kept = _top_k(scores, k, mask)
+    if kept_mask is None:
+        m = torch.zeros_like(per).index_fill_(0, kept, 1.0)
+        return OHEMLoss((per * m).sum() / k, kept, scores)
+    m = torch.zeros_like(per).scatter(0, kept, kept_mask.to(per.dtype))
+    return OHEMLoss((per * m).sum() / kept_mask.sum(), kept, scores, kept_mask)
 
 
 @contextmanager
@@ -173,6 +189,7 @@ class OHEMTrainer(Trainer):
         super().__init__(cfg, data=data, progress=progress)
         self._mined = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
         self._seen = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        self._kept_masks: Dict[int, Tensor] = {}
         self.extras["ohem"] = self._record_template()
 
     def _record_template(self) -> Dict[str, Any]:
@@ -183,15 +200,32 @@ class OHEMTrainer(Trainer):
         self._mined.zero_()
         self._seen.zero_()
 
-    def training_step(self, batch: Any, epoch: int, generator: torch.Generator) -> Tensor:
-        x, y = self.train_set.batch(batch, augment=True, generator=generator)
+    #: The batch and the kept-sample mask of a full batch (the fast path's masked BatchNorm uses
+    #: it for the two-pass form's second forward).
+    step_input_kinds = ("sample", "sample", "mask")
+
+    def step_inputs(self, batch: Any, epoch: int, generator: torch.Generator) -> Tuple[Tensor, ...]:
+        """``(x, y, kept_mask)``: ``kept_mask [num_kept(B)]`` is 1 for the first ``num_kept(n)``
+        kept samples of ``n`` real ones (used only on a padded batch)."""
+        x, y = super().step_inputs(batch, epoch, generator)
+        n = y.shape[0]
+        if n not in self._kept_masks:  # one per batch size (an epoch has two at most)
+            k_full = num_kept(self.local_batch_size, self.keep_ratio)
+            self._kept_masks[n] = (torch.arange(k_full, device=y.device) < num_kept(n, self.keep_ratio)).float()
+        return x, y, self._kept_masks[n]
+
+    def step_loss(self, x: Tensor, y: Tensor, kept_mask: Tensor, *, mask: Optional[Tensor] = None) -> Tensor:
+        """Mean CE of the kept samples (either form); counts seen and kept samples per class."""
+        kept_mask = None if mask is None else kept_mask
         if self.mode == "two_pass":
-            out = ohem_two_pass(self.forward, x, y, self.keep_ratio, model=self.model, autocast=self.autocast)
+            out = ohem_two_pass(self.forward, x, y, self.keep_ratio, model=self.model, autocast=self.autocast,
+                                mask=mask, kept_mask=kept_mask)
         else:
-            out = ohem_masked(self.forward, x, y, self.keep_ratio, autocast=self.autocast)
-        self._seen.index_add_(0, y, torch.ones_like(y))
+            out = ohem_masked(self.forward, x, y, self.keep_ratio, autocast=self.autocast, mask=mask,
+                              kept_mask=kept_mask)
+        self._seen.index_add_(0, y, torch.ones_like(y) if mask is None else mask.long())
         y_kept = y[out.kept]
-        self._mined.index_add_(0, y_kept, torch.ones_like(y_kept))
+        self._mined.index_add_(0, y_kept, torch.ones_like(y_kept) if out.weight is None else out.weight.long())
         return out.loss
 
     def on_epoch_end(self, epoch: int, row: Dict[str, Any]) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Generic, Iterator, TypeVar
 
+from . import plugins
+
 T = TypeVar("T")
 
 
@@ -10,7 +12,9 @@ class Registry(Generic[T]):
     """Maps names to factories.
 
     ``@REG.register("name")`` registers a factory in one line; ``REG.get(name)`` returns it or
-    raises a ``ValueError`` that names the parameter, the value given and every valid name.
+    raises a ``ValueError`` that names the parameter, the value given and every valid name. A
+    reference ``"path/file.py:Name"`` or ``"module:Name"`` names a factory outside the package
+    (:mod:`ltbench.plugins`), loaded on first use.
     """
 
     def __init__(self, kind: str, param: str = "name") -> None:
@@ -31,6 +35,12 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
+        if name not in self._items and plugins.is_reference(name):
+            factory = plugins.load(name)
+            if not callable(factory):
+                raise plugins.PluginError(f"{self.kind} {self.param}={name!r} is a {type(factory).__name__}, "
+                                          f"not a class or function that builds a {self.kind}")
+            return factory
         if name not in self._items:
             raise ValueError(
                 f"unknown {self.kind}: {self.param}={name!r}; valid {self.kind} names: "

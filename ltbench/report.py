@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
-import numbers
 import os
 import re
 import warnings
@@ -31,6 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ltbench.io import atomic_write_text
+from ltbench.budget import budget_frame, plot_budget
+from ltbench.plotting import PUBLISHED_COLOR, SHOT_COLORS, SHOT_MARKERS, ir_colors, is_baseline, new_figure, save, style
+from ltbench.provenance import code_version as run_code_version
+from ltbench.published import CAVEATS, ROWS, published, source
+from ltbench.runner import MARKER
+from ltbench.tables import seed_stats
+from ltbench.text import fmt, fmt_ir, fmt_mean_std, markdown_table
+from ltbench.text import is_number as _isnum
+from ltbench.text import plural as _n
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -54,61 +61,6 @@ _NUMERIC = ["imbalance_ratio", "seed", "epochs", "stage2_epochs", "fsa_iteration
 PAPER_PROFILE = "paper"
 #: Methods that train a stage-2 classifier on a frozen stage-1 run (tau-norm trains nothing).
 _STAGE2_METHODS = {"crt", "lws", "tau_norm", "stage2_ce", "stage2_rw", "stage2_rs"}
-
-
-# --------------------------------------------------------------------------------------------
-# Markdown helpers
-
-
-def _cell(v: Any) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
-                   align: Optional[Sequence[str]] = None) -> str:
-    """A padded GitHub-flavoured markdown table; ``align`` holds 'l' / 'r' per column."""
-    rows = [[_cell(v) for v in r] for r in rows]
-    headers = [_cell(h) for h in headers]
-    align = list(align or ["l"] * len(headers))
-    widths = [max([len(h), 3, *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if a == "r" else c.ljust(w)
-                                 for c, w, a in zip(cells, widths, align)) + " |"
-
-    sep = "| " + " | ".join(("-" * (w - 1) + ":") if a == "r" else "-" * w
-                            for w, a in zip(widths, align)) + " |"
-    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
-
-
-def _isnum(v: Any) -> bool:
-    """A finite real number (numpy scalars included, bools not)."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _n(count: int, noun: str, plural: Optional[str] = None) -> str:
-    """``1 run`` / ``2 runs``."""
-    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
-
-
-def fmt(v: Any, digits: int = 2, sign: bool = False) -> str:
-    """Number with ``digits`` decimals, '-' when missing."""
-    if not _isnum(v):
-        return "-"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
-def fmt_mean_std(mean: Any, std: Any, n: int) -> str:
-    """``mean ± std`` (sample std over seeds) when more than one seed ran, else the mean."""
-    if not _isnum(mean):
-        return "-"
-    if n > 1 and _isnum(std):
-        return f"{mean:.2f} ± {std:.2f}"
-    return f"{mean:.2f}"
-
-
-def fmt_ir(ir: Any) -> str:
-    return f"{ir:g}" if _isnum(ir) else "-"
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,8 +166,6 @@ def collect(results_dir: os.PathLike | str = "results") -> Tuple["pd.DataFrame",
 
 
 def _published_lookup(row: Dict[str, Any], unknown: set) -> Tuple[Optional[float], str]:
-    from ltbench.published import published, source
-
     name = row.get("published_method") or ""
     if not name:
         return None, ""
@@ -237,30 +187,19 @@ def summarize(df: "pd.DataFrame") -> Tuple["pd.DataFrame", List[str]]:
         return pd.DataFrame(columns=cols), []
     problems: List[str] = []
     unknown: set = set()
-    rows = []
-    for key, g in df.groupby(GROUP_KEYS, dropna=False, sort=False):
-        row = dict(zip(GROUP_KEYS, key))
-        seeds = sorted(int(s) for s in g["seed"].dropna())
+    # The runs behind each row, in seed order: their keys and folders (relative to the results folder).
+    stats = seed_stats(df, GROUP_KEYS, published=lambda row: _published_lookup(row, unknown)[0],
+                       ordered={"keys": "key", "paths": "path"}, dropna=False)
+    for row in stats.to_dict("records"):
+        seeds = row["seeds"].split()
         if len(seeds) != len(set(seeds)):
-            problems.append(f"duplicate seeds {seeds} for {row['notebook']} {row['method']} "
+            problems.append(f"duplicate seeds {[int(s) for s in seeds]} for {row['notebook']} {row['method']} "
                             f"{row['dataset']} IR{fmt_ir(row['imbalance_ratio'])}")
-        row.update(
-            n=len(g), seeds=" ".join(map(str, seeds)),
-            last_mean=g["top1_last"].mean(), last_std=g["top1_last"].std(ddof=1),
-            best_mean=g["top1_best"].mean(), best_std=g["top1_best"].std(ddof=1),
-            many=g["many"].mean(), medium=g["medium"].mean(), few=g["few"].mean(),
-            ece=g["ece"].mean(),
-            # The runs behind the row, in seed order: their keys and folders (relative to the results folder).
-            keys=tuple(g.sort_values("seed")["key"]), paths=tuple(g.sort_values("seed")["path"]),
-        )
-        pub, src = _published_lookup(row, unknown)
-        row.update(published=pub, source=src,
-                   diff_last=(row["last_mean"] - pub) if pub is not None else None)
-        rows.append(row)
+    stats["source"] = [_published_lookup(row, set())[1] for row in stats.to_dict("records")]
     if unknown:
         problems.append("unknown published_method names (see ltbench/published.py): "
                         + ", ".join(sorted(unknown)))
-    out = pd.DataFrame(rows, columns=cols)
+    out = stats.reindex(columns=cols)
     out["_ir"] = -out["imbalance_ratio"].fillna(0)
     out = out.sort_values(["profile", "paper", "table", "dataset", "method", "_ir"], kind="stable")
     return out.drop(columns="_ir").reset_index(drop=True), problems
@@ -276,8 +215,6 @@ def _slug(*parts: Any) -> str:
 
 def _save(fig: Any, path: Path) -> Path:
     """PNG (returned, linked from the README) and PDF beside it."""
-    from ltbench.plotting import save
-
     return save(fig, path)[0]
 
 
@@ -299,8 +236,6 @@ def paper_panels(s: "pd.DataFrame") -> List[Tuple[str, List[Tuple[str, str, "pd.
     entry, labelled with every name (``CE = softmax``). Methods are grouped by table, the CE
     baseline's table first and the baseline first in it; the rest keep the summary's order.
     """
-    from ltbench.plotting import is_baseline
-
     out = []
     for paper, sp in s.groupby("paper", sort=False):
         entries: Dict[Tuple[str, ...], Dict[str, Any]] = {}
@@ -348,8 +283,6 @@ def plot_accuracy_vs_ir(s: "pd.DataFrame", title: str, path: Path) -> Path:
     published value as a hollow diamond of the same colour. Works for any number of IRs and methods."""
     from matplotlib.lines import Line2D
 
-    from ltbench.plotting import PUBLISHED_COLOR, ir_colors, new_figure, style
-
     panels = paper_panels(s)
     irs = sorted({float(v) for v in s["imbalance_ratio"].dropna()}, reverse=True)
     colors = ir_colors(irs or [1.0])
@@ -388,8 +321,6 @@ def plot_shot_groups(s: "pd.DataFrame", title: str, path: Path) -> Optional[Path
     """Many / medium / few accuracy of every method at one profile, dataset and IR, one panel per
     paper (deduplicated methods); None if no run has shot-group data."""
     from matplotlib.lines import Line2D
-
-    from ltbench.plotting import SHOT_COLORS, SHOT_MARKERS, new_figure, style
 
     groups = [g for g in ("many", "medium", "few") if s[g].notna().any()]
     if not groups:
@@ -458,8 +389,6 @@ def _profile_sort(names: Iterable[str]) -> List[str]:
 def code_version() -> Dict[str, Any]:
     """The code that writes this report: ltbench's version, and in a git checkout the commit and
     whether tracked files outside ``results/`` have uncommitted changes (:func:`ltbench.runs.code_version`)."""
-    from ltbench.runs import code_version as run_code_version
-
     v = run_code_version()
     commit = v.get("commit")
     if not commit or commit == "unknown":
@@ -500,8 +429,6 @@ def _table_for(s: "pd.DataFrame") -> str:
 
 def _markers(root: Path, profile: str) -> List[Dict[str, Any]]:
     """The runner's completion records (``<profile>/<notebook>/completed.json``) of a profile."""
-    from ltbench.runner import MARKER
-
     out = []
     for path in sorted((root / profile).glob(f"*/{MARKER}")) if profile else []:
         try:
@@ -538,8 +465,6 @@ def _provenance(root: Path, profile: str, version: Dict[str, Any]) -> List[str]:
 
 def _published_cells(names: Iterable[str]) -> Dict[Tuple[str, str, float], float]:
     """``(row, dataset, IR) -> value`` of every CIFAR-LT published cell of the rows ``names``."""
-    from ltbench.published import ROWS
-
     cells = {}
     for name in dict.fromkeys(n for n in names if n):
         row = ROWS.get(name)
@@ -609,8 +534,6 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
                   figures: Dict[str, List[Path]], results_dir: Path,
                   problems: Sequence[str] = (), version: Optional[Dict[str, Any]] = None) -> str:
     """The text of ``results/README.md``."""
-    from ltbench.published import CAVEATS
-
     version = version or code_version()
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     out = ["# ltbench results", ""]
@@ -684,7 +607,6 @@ def write_report(results_dir: os.PathLike | str = "results") -> Dict[str, Any]:
     problems = [*problems, *more]
     csv = atomic_write_text(root / "summary.csv", df.to_csv(index=False))
     figures = make_figures(summary, root / "figures")
-    from .budget import budget_frame, plot_budget
 
     budget = budget_frame(root)
     budget_png = plot_budget(budget, root / "figures" / "budget_cifar10_ir100.png")

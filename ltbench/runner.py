@@ -17,7 +17,7 @@ Layout of one batch (``results/<profile>/<notebook>/``):
 
 Everything that can be checked before executing is checked before executing anything: the
 profile, the ``--only`` names, the results folder, the kernel, and every override against the
-notebook's ``parameters`` cell (``papermill.inspect_notebook``).
+notebook's ``parameters`` cell (:mod:`ltbench.parameters`, the one parameter pipeline).
 
 Kernel: notebooks run in the Jupyter kernel ``python3`` (``--kernel`` to change). ``make install``
 registers it inside the venv (``ipykernel install --sys-prefix --name python3``, argv = the venv's
@@ -30,10 +30,8 @@ environment, with the folder holding ``ltbench`` added to ``PYTHONPATH``.
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import datetime as _dt
-import difflib
 import hashlib
 import json
 import os
@@ -46,8 +44,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ltbench.io import atomic_write_json
-from ltbench.profiles import DEFAULT_PROFILE, PROFILES, check_profile, resolve_overrides
-from ltbench.registry import Registry
+from ltbench.parameters import (RUNNER_PARAMETERS, ConfigError, check_values, discover_notebooks,  # noqa: F401
+                                outside_clone_hint, parse_assignments, parse_value, resolve, select_notebooks)
+from ltbench.profiles import DEFAULT_PROFILE
+from ltbench.text import markdown_table
 
 MARKER = "completed.json"
 LOG = "run.log"
@@ -56,18 +56,12 @@ DEFAULT_KERNEL = "python3"
 #: hung cell cannot block a batch forever (notebooks only render once `execute` has trained their
 #: runs; a cell that trains a paper-scale run on a GPU stays well inside it).
 DEFAULT_CELL_TIMEOUT = 12 * 3600
-#: Parameters the runner sets itself; overriding them would break the results layout.
-RUNNER_PARAMETERS = ("profile", "out_dir", "store_dir")
 #: Parameters not compared for completeness: ``out_dir`` is where the marker itself lies, so
 #: comparing it would only make a moved results folder re-run everything.
 _NOT_COMPARED = ("out_dir", "store_dir")
 
 OK, FAILED, SKIPPED, DEAD = "ok", "failed", "skipped", "dead-kernel"
 INTERRUPTED, PENDING = "interrupted", "would-run"
-
-
-class ConfigError(ValueError):
-    """A problem found before executing anything (bad profile, name, parameter, folder)."""
 
 
 @dataclass
@@ -94,239 +88,6 @@ class _Planned:
     parameters: Dict[str, Any]
     run_dir: Path
     sha256: str
-
-
-# --------------------------------------------------------------------------------------------
-# Discovery and selection
-
-
-def outside_clone_hint(path: os.PathLike | str, what: str) -> str:
-    """Why ``path`` may be missing when ltbench runs outside its repository, and what to do.
-
-    The notebooks and configs are files of the repository, not of the installed package (a wheel
-    holds the library only); ``""`` when ``path`` is absolute or the current folder is a clone.
-    """
-    path = Path(path)
-    if path.is_absolute() or (Path("notebooks").is_dir() and Path("ltbench").is_dir()):
-        return ""
-    flag = {"notebooks": "--notebooks DIR", "configs": "--config PATH"}.get(what, "its path")
-    return (f" (relative to {Path.cwd()}). The {what} are part of the ltbench repository, not of the "
-            f"installed package: run this from the root of a clone of the repository, or give {flag}.")
-
-
-def discover_notebooks(notebooks_dir: os.PathLike | str) -> Dict[str, Path]:
-    """``{stem: path}`` of the ``*.ipynb`` files in ``notebooks_dir`` (not hidden, not ``_*``)."""
-    root = Path(notebooks_dir)
-    if not root.is_dir():
-        raise ConfigError(f"notebooks folder not found: {root}{outside_clone_hint(root, 'notebooks')}")
-    return {
-        p.stem: p
-        for p in sorted(root.glob("*.ipynb"))
-        if not p.name.startswith((".", "_")) and p.is_file()
-    }
-
-
-def _match_name(name: str, available: Sequence[str], what: str = "notebook") -> str:
-    """Exact stem, stem + ``.ipynb``, or a unique prefix (``01`` -> ``01_long_tailed_cifar``)."""
-    name = name.strip()
-    if name.endswith(".ipynb"):
-        name = name[: -len(".ipynb")]
-    name = Path(name).name  # allow notebooks/01_x.ipynb
-    if name in available:
-        return name
-    hits = [a for a in available if a.startswith(name)]
-    if len(hits) == 1:
-        return hits[0]
-    why = f"ambiguous, matches {', '.join(hits)}" if hits else "not found"
-    raise ConfigError(
-        f"unknown {what}: {name!r} ({why}); valid notebooks: {', '.join(available) or '(none)'}"
-    )
-
-
-def select_notebooks(available: Sequence[str], only: Optional[Iterable[str]]) -> List[str]:
-    """The notebooks to run, in file order; ``only`` entries may be comma-separated."""
-    if not available:
-        raise ConfigError("no notebooks found")
-    if not only:
-        return list(available)
-    names = [n for item in only for n in str(item).split(",") if n.strip()]
-    if not names:
-        return list(available)
-    chosen = {_match_name(n, available) for n in names}
-    return [a for a in available if a in chosen]
-
-
-# --------------------------------------------------------------------------------------------
-# Parameters
-
-
-def parse_value(text: str) -> Any:
-    """A ``-p key=value`` value: a Python literal (``3``, ``1e-3``, ``[100, 50]``, ``None``),
-    else YAML (``cifar10``, ``[cifar10, cifar100]``, ``null``, ``true``), else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    try:
-        import yaml  # papermill depends on PyYAML
-
-        return yaml.safe_load(text)
-    except Exception:  # noqa: BLE001 - anything unparsable is just a string
-        return text
-
-
-def parse_assignments(items: Optional[Iterable[str]]) -> Dict[str, Any]:
-    """``["epochs=5", "01_x:lr=0.1"]`` -> ``{"epochs": 5, "01_x:lr": 0.1}``."""
-    out: Dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"bad parameter {item!r}: expected key=value or notebook:key=value")
-        out[key.strip()] = parse_value(value.strip())
-    return out
-
-
-def _literal(text: Any) -> Tuple[bool, Any]:
-    try:
-        return True, ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError):
-        return False, None
-
-
-_TYPE_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "list": list,
-               "tuple": tuple, "dict": dict}
-
-
-def _expected_type(info: Mapping[str, Any]) -> Tuple[Optional[type], Any]:
-    """(type, default value) from papermill's inspection: the default literal's type, else the
-    annotation's (``epochs: int = ...``); ``None`` when unknown or when the default is None."""
-    ok, default = _literal(info.get("default"))
-    if ok:
-        if default is None:
-            return None, None
-        for t in (bool, int, float, str, list, tuple, dict):  # bool before int
-            if isinstance(default, t):
-                return t, default
-    name = str(info.get("inferred_type_name") or "").lower()
-    for key, t in _TYPE_NAMES.items():
-        if name == key or name.startswith(key + "[") or name.startswith(key.capitalize() + "["):
-            return t, None
-    return None, None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _type_ok(value: Any, expected: Optional[type]) -> bool:
-    if value is None or expected is None:  # None is a legitimate "use the notebook's choice"
-        return True
-    if expected is bool:
-        return isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected is float:
-        return _is_number(value)
-    if expected in (list, tuple):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, expected)
-
-
-def _element_problem(value: Sequence[Any], default: Sequence[Any]) -> Optional[str]:
-    """For list defaults with one element kind (numbers or strings), check the given elements."""
-    if not default:
-        return None
-    if all(_is_number(d) for d in default):
-        bad = [v for v in value if not _is_number(v)]
-        kind = "numbers"
-    elif all(isinstance(d, str) for d in default):
-        bad = [v for v in value if not isinstance(v, str)]
-        kind = "strings"
-    else:
-        return None
-    return f"elements should be {kind}, got {bad!r}" if bad else None
-
-
-def _declares(path: Path, name: str) -> bool:
-    """Whether the notebook's ``parameters`` cell assigns ``name`` (False if it cannot be read)."""
-    import papermill as pm
-
-    try:
-        return name in (pm.inspect_notebook(str(path)) or {})
-    except Exception:  # noqa: BLE001 - check_parameters reports an unreadable notebook
-        return False
-
-
-def check_parameters(
-    stem: str, path: Path, parameters: Mapping[str, Any], sources: Mapping[str, str]
-) -> List[str]:
-    """Problems of ``parameters`` against the notebook's ``parameters`` cell (empty = fine)."""
-    import papermill as pm
-
-    try:
-        declared = pm.inspect_notebook(str(path))
-    except Exception as exc:  # noqa: BLE001 - unreadable notebook: report, do not crash
-        return [f"{stem}: cannot inspect {path}: {type(exc).__name__}: {exc}"]
-    if not declared:
-        return [f"{stem}: {path} has no cell tagged 'parameters' (see the notebook contract)"]
-    problems = []
-    valid = ", ".join(declared)
-    for key, value in parameters.items():
-        src = sources.get(key, "runner")
-        if key not in declared:
-            close = difflib.get_close_matches(key, list(declared), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(
-                f"{stem}: unknown parameter {key!r} (set by {src}){hint}; "
-                f"valid parameters: {valid}"
-            )
-            continue
-        expected, default = _expected_type(declared[key])
-        if not _type_ok(value, expected):
-            problems.append(
-                f"{stem}: parameter {key!r} = {value!r} ({type(value).__name__}, set by {src}) "
-                f"has the wrong type: expected {expected.__name__} "
-                f"(notebook default: {declared[key].get('default')})"
-            )
-        elif value is not None and expected in (list, tuple) and isinstance(default, (list, tuple)):
-            why = _element_problem(value, default)
-            if why:
-                problems.append(
-                    f"{stem}: parameter {key!r} = {value!r} (set by {src}): {why} "
-                    f"(notebook default: {declared[key].get('default')})"
-                )
-    return problems
-
-
-def _split_overrides(
-    overrides: Mapping[str, Any], available: Sequence[str]
-) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
-    """Global overrides and ``notebook:key`` scoped ones, keyed by resolved notebook stem."""
-    common: Dict[str, Any] = {}
-    scoped: Dict[str, Dict[str, Any]] = {}
-    for key, value in overrides.items():
-        if ":" in key:
-            nb, _, name = key.partition(":")
-            scoped.setdefault(_match_name(nb, available), {})[name] = value
-        else:
-            common[key] = value
-    for key in list(common) + [k for d in scoped.values() for k in d]:
-        if key in RUNNER_PARAMETERS:
-            raise ConfigError(
-                f"parameter {key!r} is set by the runner (use --profile / --results instead)"
-            )
-    return common, scoped
-
-
-def _sources(profile: str, stem: str, extra: Mapping[str, Any]) -> Dict[str, str]:
-    """Which layer set each parameter, for error messages."""
-    out: Dict[str, str] = {}
-    for layer in ("*", stem):
-        for key in PROFILES[profile].get(layer, {}):
-            out[key] = f"profile {profile!r} entry {layer!r} (ltbench/profiles.py)"
-    for key in extra:
-        out[key] = "the command line / overrides"
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,34 +324,23 @@ def plan_runs(
     notebooks_dir: os.PathLike | str = "notebooks",
     overrides: Optional[Mapping[str, Any]] = None,
 ) -> List[_Planned]:
-    """Resolve and validate everything; raise ConfigError listing every problem found."""
-    try:
-        check_profile(profile)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    available = discover_notebooks(notebooks_dir)
-    stems = select_notebooks(list(available), only)
-    extra_common, scoped = _split_overrides(dict(overrides or {}), list(available))
-    if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(f"seeds={seeds!r}: expected a positive number of seeds")
-        extra_common["seeds"] = list(range(seeds))
+    """Resolve and validate everything (:func:`ltbench.parameters.resolve`, plus the parameters
+    the runner sets); raise ConfigError listing every problem found."""
+    resolved = resolve(profile, only, seeds, overrides, notebooks_dir)
     out_root = Path(results_dir).resolve() / profile
     _check_writable(out_root)
-
     plans, problems = [], []
-    for stem in stems:
-        extra = {**extra_common, **scoped.get(stem, {})}
-        params = resolve_overrides(profile, stem, extra)
+    for nb in resolved:
+        params = dict(nb.layer)
         params["profile"] = profile
-        if _declares(available[stem], "fill_from_profile"):
+        if "fill_from_profile" in nb.declared:
             params["fill_from_profile"] = False  # resolved here, overrides included: the notebook must not redo it
-        run_dir = out_root / stem
-        params["out_dir"] = _kernel_path(run_dir, available[stem].parent)
-        params["store_dir"] = _kernel_path(out_root, available[stem].parent)
-        problems += check_parameters(stem, available[stem], params,
-                                     _sources(profile, stem, extra))
-        plans.append(_Planned(stem, available[stem], params, run_dir, _sha256(available[stem])))
+        run_dir = out_root / nb.stem
+        params["out_dir"] = _kernel_path(run_dir, nb.path.parent)
+        params["store_dir"] = _kernel_path(out_root, nb.path.parent)
+        runner_set = {k: v for k, v in params.items() if k not in nb.layer}
+        problems += nb.problems + (check_values(nb.stem, nb.declared, runner_set, {}) if nb.declared else [])
+        plans.append(_Planned(nb.stem, nb.path, params, run_dir, _sha256(nb.path)))
     if problems:
         raise ConfigError("invalid parameters (nothing was executed):\n  " + "\n  ".join(problems))
     return plans
@@ -662,8 +412,6 @@ def run_notebooks(
 
 def format_summary(statuses: Sequence[RunStatus]) -> str:
     """The end-of-batch table: notebook, status, seconds, executed notebook (error holder)."""
-    from ltbench.report import markdown_table
-
     rows = [[s.notebook, s.status, f"{s.seconds:.1f}", _rel(s.executed), s.error or ""]
             for s in statuses]
     bad = sum(not s.succeeded for s in statuses)
@@ -680,30 +428,3 @@ def format_summary(statuses: Sequence[RunStatus]) -> str:
 def exit_code(statuses: Sequence[RunStatus]) -> int:
     """0 if every notebook succeeded or was skipped, else 1."""
     return 0 if all(s.succeeded for s in statuses) else 1
-
-
-# --------------------------------------------------------------------------------------------
-# Backends: where the notebooks execute (``--backend``)
-
-
-def _submitit_backend(*args: Any, **kwargs: Any) -> List[RunStatus]:
-    """One submitit job per notebook: a SLURM job array, or local processes (:mod:`ltbench.submit`)."""
-    from ltbench.submit import run_notebooks_submitit
-
-    return run_notebooks_submitit(*args, **kwargs)
-
-
-#: ``--backend`` name -> batch function with :func:`run_notebooks`' arguments (plus its own options).
-BACKENDS: Registry = Registry("backend", "backend")
-BACKENDS.register("local")(run_notebooks)
-BACKENDS.register("submitit")(_submitit_backend)
-
-
-def run_batch(backend: str = "local", *args: Any, **kwargs: Any) -> List[RunStatus]:
-    """:func:`run_notebooks` on ``backend`` (``local``: this process; ``submitit``: jobs); same
-    skip-completed / resume / failure-summary behaviour and results layout on every backend."""
-    try:
-        run = BACKENDS.get(backend)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return run(*args, **kwargs)

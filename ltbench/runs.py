@@ -30,474 +30,38 @@ the one function that runs it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .config import LEGACY_HEAD_BIAS_INIT, TrainConfig
-from .engine import (CHECKPOINT_FILE, EXECUTION_FIELDS, METRICS_FILE, DeadlineReached, TrainResult, Trainer)
+from . import checkpoint, plugins
+from . import methods as _methods  # noqa: F401 - registers the built-in methods on METHODS
+from .checkpoint import CHECKPOINT_FILE
+from .config import TrainConfig
+from .engine import METRICS_FILE, DeadlineReached, Trainer, TrainResult
+from .fastpath import PACK_VARYING, check_mode, fit_pack, pack_key
 from .io import atomic_write_json
+from .methods import spec_for
+from .spec import (COMPILE_MIN_IMAGE_PASSES, DONE, LAUNCH_PARAM, LOCK_FILE, METHODS, PARTIAL, PENDING, SPEC_FILE,
+                   ExecOptions, Method, MethodRegistry, RunSpec, code_version, cost, make_spec, need_whole_network,
+                   register_method, train_size)
 
 __all__ = [
     "RunSpec", "Method", "METHODS", "register_method", "make_spec", "ExecOptions", "RunStore", "RunLocked",
-    "run", "train", "DONE", "PARTIAL", "PENDING", "SPEC_FILE", "LOCK_FILE", "DeadlineReached",
+    "run", "train", "run_pack", "build_trainer", "DONE", "PARTIAL", "PENDING", "SPEC_FILE", "LOCK_FILE",
+    "DeadlineReached", "checkpoint_progress", "code_version", "cost", "train_size", "need_whole_network",
+    "MethodRegistry", "COMPILE_MIN_IMAGE_PASSES", "LAUNCH_PARAM",
 ]
 
-#: Version of the identity payload; bump only with a migration of stored runs.
-SPEC_SCHEMA = 1
-SPEC_FILE = "spec.json"
-#: A parameter every method accepts: the launch options of ``python -m ltbench.train`` that change
-#: the numbers (SyncBatchNorm, pretrained weights), present only when they are not the defaults.
-LAUNCH_PARAM = "launch"
-LOCK_FILE = ".lock"
-DONE, PARTIAL, PENDING = "done", "partial", "pending"
-
-
-# --------------------------------------------------------------------------------------------
-# Identity
-
-
-def _canonical(obj: Any, where: str = "spec") -> Any:
-    """The JSON value that enters a run's hash: mappings with string keys, lists for tuples,
-    integral floats as ints (``gamma=1`` and ``gamma=1.0`` name one run), no NaN/inf."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise ValueError(f"{where}={obj!r}: a run's description must hold finite numbers")
-        return int(obj) if obj.is_integer() and abs(obj) < 2 ** 53 else obj
-    if isinstance(obj, Mapping):
-        return {str(k): _canonical(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    raise ValueError(f"{where}={obj!r}: a run's description holds only JSON values (numbers, strings, "
-                     f"booleans, None, lists, dicts), got a {type(obj).__name__}")
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-@dataclass(frozen=True, eq=False)
-class RunSpec:
-    """A frozen description of one training run; equal specs have equal :attr:`key`.
-
-    Build it with :func:`make_spec` (or the builders of :mod:`ltbench.methods`), which validates
-    every field and parameter; the constructor itself only stores JSON.
-    """
-
-    method: str
-    config_json: str
-    params_json: str = "{}"
-    deps: Tuple[Tuple[str, "RunSpec"], ...] = ()
-
-    @property
-    def config(self) -> Dict[str, Any]:
-        """The configuration fields that define the run (a fresh dict; no execution options)."""
-        return json.loads(self.config_json)
-
-    @property
-    def params(self) -> Dict[str, Any]:
-        """The method's own parameters, defaults included (a fresh dict)."""
-        return json.loads(self.params_json)
-
-    @property
-    def dependencies(self) -> Dict[str, "RunSpec"]:
-        return dict(self.deps)
-
-    def identity(self) -> Dict[str, Any]:
-        """What the key hashes: method, canonical config and params, and the dependencies' keys."""
-        config = self.config
-        if config.get("head_bias_init") == LEGACY_HEAD_BIAS_INIT:
-            # Runs described before the field existed had this head; their keys stay as they were.
-            del config["head_bias_init"]
-        return {"schema": SPEC_SCHEMA, "method": self.method, "config": _canonical(config),
-                "params": _canonical(self.params), "deps": {n: d.key for n, d in self.deps}}
-
-    @property
-    def key(self) -> str:
-        """20 hex digits of the SHA-256 of :meth:`identity`: the run's name in a store."""
-        cached = self.__dict__.get("_key")
-        if cached is None:
-            cached = hashlib.sha256(_dumps(self.identity()).encode()).hexdigest()[:20]
-            object.__setattr__(self, "_key", cached)
-        return cached
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunSpec) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __repr__(self) -> str:
-        return f"RunSpec({self.describe()!r}, key={self.key})"
-
-    def walk(self) -> Iterator["RunSpec"]:
-        """This spec's dependencies (recursively, each before its dependents), then itself."""
-        for _, dep in self.deps:
-            yield from dep.walk()
-        yield self
-
-    def describe(self) -> str:
-        """A short human label: method, loss/sampler where they matter, data, seed."""
-        c, p = self.config, self.params
-        what = self.method
-        if self.method in ("joint", "ohem", "mixup"):
-            what += f" {c.get('loss')}" + (f"/{c.get('sampler')}" if c.get("sampler") != "instance" else "")
-            for k in ("drw_epoch", "drs_epoch"):
-                if c.get(k) is not None:
-                    what += f" {k[:3]}@{c[k]}"
-        if self.method == "ohem":
-            what += f" {p.get('mode')} {p.get('keep_ratio')}"
-        if self.method == "bbn":
-            what += f" {c.get('bbn_sampler')}/{c.get('bbn_adaptor')}"
-        if c.get("model") not in (None, "resnet32"):
-            what += f" {c.get('model')}"
-        for name, dep in self.deps:
-            d = dep.config
-            what += f" on {dep.method} {d.get('loss')}" + (f"/{d.get('sampler')}" if d.get("sampler") != "instance" else "")
-        return (f"{what} {c.get('dataset')}-IR{float(c.get('imbalance_ratio', 0)):g} "
-                f"seed{c.get('seed')} {c.get('epochs')}ep")
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON form with the key and the dependencies' full specs (:meth:`from_dict` inverts it)."""
-        return {"key": self.key, "method": self.method, "config": self.config, "params": self.params,
-                "deps": {n: d.to_dict() for n, d in self.deps}}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], validate: bool = True) -> "RunSpec":
-        """The spec of :meth:`to_dict` (``validate``: through :func:`make_spec` again, so a spec
-        read from disk obeys today's rules; a stored ``key`` must match)."""
-        if not isinstance(d, Mapping) or not {"method", "config"} <= set(d):
-            raise ValueError(f"not a run spec (needs 'method' and 'config'): {str(d)[:200]}")
-        deps = {n: cls.from_dict(v, validate) for n, v in dict(d.get("deps") or {}).items()}
-        if isinstance(d["config"], Mapping) and "head_bias_init" not in d["config"]:
-            # Written before TrainConfig.head_bias_init existed: those runs zeroed the head's bias.
-            d = {**d, "config": {**d["config"], "head_bias_init": LEGACY_HEAD_BIAS_INIT}}
-        if validate:
-            spec = make_spec(d["method"], d["config"], deps=deps, **dict(d.get("params") or {}))
-        else:
-            spec = cls(d["method"], _dumps(d["config"]), _dumps(dict(d.get("params") or {})),
-                       tuple(sorted(deps.items())))
-        if d.get("key") not in (None, spec.key):
-            raise ValueError(f"run spec {d.get('key')} does not hash to its key (it hashes to {spec.key}): it was "
-                             "edited by hand or written by an incompatible version")
-        return spec
-
-    def train_config(self, options: Optional["ExecOptions"] = None) -> TrainConfig:
-        """The method's configuration object for this run, with ``options``' execution fields."""
-        method = METHODS.get(self.method)
-        fields = dict(self.config, **(options or ExecOptions()).config_fields(self))
-        return method.config_cls.from_dict(fields).validate()
-
-
-# --------------------------------------------------------------------------------------------
-# Methods
-
-
-@dataclass(frozen=True)
-class Method:
-    """What trains a method and how its parameters are checked.
-
-    ``config_cls``: the exact configuration class (:class:`~ltbench.config.TrainConfig`,
-    :class:`~ltbench.bbn.BBNConfig`, ...). ``trainer``: the :class:`~ltbench.engine.Trainer`
-    subclass. ``params``: the method's own parameters with their defaults (passed to the trainer
-    as keyword arguments). ``deps``: names of the runs it needs, each passed to the trainer as
-    ``<name>_dir`` (the finished run's folder). ``check(config, params, deps)``: raise a
-    ValueError naming parameter, value and what is valid. ``whole_network``: its checkpoint holds
-    one ordinary network, so it can be a stage-1 / phase-I run. ``cost``: training image-passes
-    per (epoch x training-set image), for ``plan``.
-    """
-
-    name: str
-    description: str
-    config_cls: type
-    trainer: type
-    params: Mapping[str, Any] = field(default_factory=dict)
-    deps: Tuple[str, ...] = ()
-    check: Optional[Callable[[TrainConfig, Dict[str, Any], Dict[str, RunSpec]], None]] = None
-    whole_network: bool = False
-    cost: float = 1.0
-
-    def trainer_kwargs(self, spec: RunSpec, dep_dirs: Mapping[str, Path]) -> Dict[str, Any]:
-        kwargs = dict(spec.params)
-        kwargs.pop(LAUNCH_PARAM, None)
-        kwargs.update({f"{name}_dir": dep_dirs[name] for name in self.deps})
-        return kwargs
-
-
-class MethodRegistry:
-    """Method name -> :class:`Method`, with listing and errors naming every valid method."""
-
-    def __init__(self) -> None:
-        self._items: Dict[str, Method] = {}
-
-    def register(self, method: Method) -> Method:
-        if not isinstance(method, Method):
-            raise ValueError(f"register a Method, got {method!r}")
-        if method.name in self._items:
-            raise ValueError(f"method {method.name!r} is already registered")
-        if not (isinstance(method.trainer, type) and issubclass(method.trainer, Trainer)):
-            raise ValueError(f"method {method.name!r}: trainer must be a Trainer subclass, got {method.trainer!r}")
-        self._items[method.name] = method
-        return method
-
-    def get(self, name: str) -> Method:
-        if not isinstance(name, str) or name not in self._items:
-            raise ValueError(f"unknown method: method={name!r}; valid methods: {', '.join(self.names())}")
-        return self._items[name]
-
-    def names(self) -> List[str]:
-        return sorted(self._items)
-
-    def values(self) -> List[Method]:
-        return [self._items[n] for n in self.names()]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def table(self) -> List[str]:
-        """One line per method: name, trainer, parameters with defaults, dependencies, description."""
-        rows = [(m.name, m.trainer.__name__, ", ".join(f"{k}={v!r}" for k, v in m.params.items()) or "-",
-                 ", ".join(m.deps) or "-", m.description) for m in self.values()]
-        widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
-        return [f"{n:<{widths[0]}}  {t:<{widths[1]}}  params: {p:<{widths[2]}}  deps: {d:<{widths[3]}}  {desc}"
-                for n, t, p, d, desc in rows]
-
-
-#: The method registry; the built-in methods are registered by :mod:`ltbench.methods`.
-METHODS = MethodRegistry()
-
-
-def register_method(method: Method) -> Method:
-    """Add ``method`` to :data:`METHODS` (adding a method is one call)."""
-    return METHODS.register(method)
-
-
-def make_spec(method: str, config: Union[TrainConfig, Mapping[str, Any]], deps: Optional[Mapping[str, RunSpec]] = None,
-              **params: Any) -> RunSpec:
-    """Validate and build a :class:`RunSpec` (every error before anything is trained, read or deleted).
-
-    ``config``: an instance of the method's configuration class, or a mapping of its fields;
-    execution fields (:data:`~ltbench.engine.EXECUTION_FIELDS`) are dropped from the identity.
-    ``deps``: the method's dependencies by name (specs). ``params``: the method's parameters.
-    """
-    m = METHODS.get(method)
-    launch = params.pop(LAUNCH_PARAM, None)
-    if launch is not None and not isinstance(launch, Mapping):
-        raise ValueError(f"{LAUNCH_PARAM}={launch!r}: must be a mapping of launch options (ltbench.train)")
-    if isinstance(config, TrainConfig):
-        if type(config) is not m.config_cls:
-            raise ValueError(f"method {method!r} trains a {m.config_cls.__name__}, got config of type "
-                             f"{type(config).__name__}")
-        cfg = config
-    elif isinstance(config, Mapping):
-        cfg = m.config_cls.from_dict(dict(config))
-    else:
-        raise ValueError(f"config must be a {m.config_cls.__name__} or a mapping of its fields, got {config!r}")
-    cfg.validate()
-    unknown = sorted(set(params) - set(m.params))
-    if unknown:
-        raise ValueError(f"method {method!r} does not take parameter(s) {unknown}; its parameters: "
-                         f"{', '.join(m.params) or 'none'}")
-    full = {**dict(m.params), **params}
-    deps = dict(deps or {})
-    if sorted(deps) != sorted(m.deps):
-        raise ValueError(f"method {method!r} needs dependencies {list(m.deps) or 'none'}, got {sorted(deps) or 'none'}")
-    for name, dep in deps.items():
-        if not isinstance(dep, RunSpec):
-            raise ValueError(f"dependency {name}={dep!r} must be a RunSpec")
-    if m.check is not None:
-        m.check(cfg, full, deps)
-    if launch:
-        full[LAUNCH_PARAM] = dict(launch)
-    unused = tuple(getattr(cfg, "UNUSED_FIELDS", ()))
-    identity = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_FIELDS and k not in unused}
-    _canonical(identity, "config")
-    _canonical(full, "params")
-    return RunSpec(method, _dumps(identity), _dumps(full), tuple(sorted(deps.items())))
-
-
-def need_whole_network(name: str, dep: RunSpec, what: str) -> None:
-    """Refuse a dependency that is not a one-network run (a BBN or stage-2 run as stage 1)."""
-    if not METHODS.get(dep.method).whole_network:
-        ok = [m.name for m in METHODS.values() if m.whole_network]
-        raise ValueError(f"{what}: dependency {name} must be a whole-network run (method {' / '.join(ok)}), "
-                         f"got method {dep.method!r} ({dep.describe()})")
-
-
-# --------------------------------------------------------------------------------------------
-# Execution options
-
-
-#: ``compile="auto"`` compiles runs of at least this many training image-passes: on 2 CPU cores the
-#: first compilation of ResNet-32 costs about a minute and saves ~2.4 ms per image (199.6 -> 379.5
-#: images/s), so it pays from ~25,000 images; a quick-profile run (~10,000) stays eager.
-COMPILE_MIN_IMAGE_PASSES = 100_000
-
-
-@dataclass(frozen=True)
-class ExecOptions:
-    """How runs execute; none of it changes a run's identity.
-
-    ``device``, ``compile``, ``data_root``, ``channels_last``: the configuration's execution
-    fields. ``checkpoint_every``: epochs between checkpoints (None: every epoch up to 20 epochs,
-    then ``epochs // 20``, at most 10). ``progress``: ``True`` (progress bar), ``False`` (silent)
-    or ``"auto"``: a bar on a terminal, else one line per trained run (notebooks under papermill).
-    ``deadline``: ``time.time()`` after which a run stops at the end of an epoch
-    (:class:`~ltbench.engine.DeadlineReached`). ``lock_timeout``: seconds to wait when another live
-    process is training the same run (None: until it finishes, then its result is loaded; 0: raise
-    :class:`RunLocked` at once). The last three fields serve the torchrun entry
-    point: a trainer wrapper (DDP), extra trainer keyword arguments, and whether this process
-    writes files (rank 0). ``fast``: ``False`` (the eager loop), ``"static"`` (padded static
-    shapes) or ``"graph"`` / ``True`` (static shapes and whole-step compiled graphs, CUDA graphs
-    on CUDA): :mod:`ltbench.fastpath`; trainers it cannot run stay eager with a warning.
-    """
-
-    device: str = "auto"
-    compile: Union[bool, str] = "auto"
-    data_root: Optional[str] = None
-    channels_last: bool = True
-    checkpoint_every: Optional[int] = None
-    progress: Union[bool, str] = "auto"
-    deadline: Optional[float] = None
-    lock_timeout: Optional[float] = None
-    wrap_trainer: Optional[Callable[[type], type]] = None
-    trainer_extra: Mapping[str, Any] = field(default_factory=dict)
-    writer: bool = True
-    notes: Mapping[str, Any] = field(default_factory=dict)
-    fast: Union[bool, str] = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.device, str):
-            raise ValueError(f"invalid device={self.device!r}: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        if self.compile not in (True, False, "auto") or not isinstance(self.compile, (bool, str)):
-            raise ValueError(f"invalid compile={self.compile!r}: must be True, False or 'auto' (compiled where "
-                             "the device and the trainer allow it; LTBENCH_COMPILE=0 turns 'auto' off)")
-        for name in ("channels_last", "writer"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be True or False")
-        if self.data_root is not None and not isinstance(self.data_root, (str, os.PathLike)):
-            raise ValueError(f"invalid data_root={self.data_root!r}: must be a folder path or None")
-        ce = self.checkpoint_every
-        if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce < 1):
-            raise ValueError(f"invalid checkpoint_every={ce!r}: must be a positive int or None")
-        if self.progress not in (True, False, "auto"):
-            raise ValueError(f"invalid progress={self.progress!r}: must be True, False or 'auto'")
-        if self.deadline is not None and (isinstance(self.deadline, bool) or not isinstance(self.deadline, (int, float))
-                                          or not math.isfinite(self.deadline)):
-            raise ValueError(f"invalid deadline={self.deadline!r}: must be a time.time() value or None")
-        from .fastpath import check_mode
-
-        check_mode(self.fast)
-
-    def compiled(self, spec: RunSpec) -> bool:
-        """Whether ``spec`` runs with ``torch.compile``: ``compile`` itself when it is a bool; for
-        ``"auto"``, on where it measured faster (CPU: 1.9x the eager model on 2 cores, CUDA), the
-        method's trainer allows it (``Trainer.COMPILE_AUTO``) and the run is long enough to repay
-        the compilation (:data:`COMPILE_MIN_IMAGE_PASSES`); off on MPS, on the fast path (which
-        compiles the whole step itself) and when the environment sets ``LTBENCH_COMPILE=0``."""
-        if isinstance(self.compile, bool):
-            return self.compile
-        if os.environ.get("LTBENCH_COMPILE", "").strip().lower() in ("0", "false", "off", "no") or self.fast:
-            return False
-        device = self.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if not (device == "cpu" or device.startswith("cuda")):
-            return False
-        if not getattr(METHODS.get(spec.method).trainer, "COMPILE_AUTO", False):
-            return False
-        from .executor import cost  # noqa: PLC0415 - the planner imports this module
-
-        passes = cost(spec)
-        return passes is None or passes >= COMPILE_MIN_IMAGE_PASSES
-
-    def config_fields(self, spec: RunSpec) -> Dict[str, Any]:
-        epochs = int(spec.config.get("epochs", 1))
-        every = self.checkpoint_every or max(1, min(10, epochs // 20))
-        return {"device": self.device, "compile": self.compiled(spec),
-                "data_root": None if self.data_root is None else str(self.data_root),
-                "channels_last": self.channels_last, "checkpoint_every": every}
-
-    def bar(self) -> bool:
-        if self.progress == "auto":
-            return bool(getattr(sys.stderr, "isatty", lambda: False)())
-        return bool(self.progress)
-
-    def record(self, spec: Optional[RunSpec] = None) -> Dict[str, Any]:
-        """What ``metrics.json["execution"]`` keeps (JSON values only); with ``spec``, ``compile``
-        is what that run used and ``compile_option`` what was asked."""
-        compiled = self.compile if spec is None else self.compiled(spec)
-        return {"code": code_version(), "device": self.device, "compile": compiled, "compile_option": self.compile,
-                "channels_last": self.channels_last,
-                "checkpoint_every": self.checkpoint_every, "host": socket.gethostname(), "pid": os.getpid(),
-                "distributed": self.wrap_trainer is not None, **dict(self.notes),
-                **({"fast": self.fast} if self.fast else {})}
-
-    def attach_fast(self, trainer: Trainer) -> Any:
-        """Put ``trainer`` on the fast path when ``fast`` asks for it (:func:`ltbench.fastpath.attach`)."""
-        if not self.fast:
-            return None
-        from .fastpath import attach
-
-        return attach(trainer, self.fast)
-
-    @staticmethod
-    def fast_record(trainer: Trainer, fast: Any) -> Dict[str, Any]:
-        """How the fast path ran (``metrics.json["execution"]["fast"]``), or why it did not."""
-        if fast is not None:
-            return fast.record()
-        from .fastpath import unsupported_reason
-
-        return {"mode": None, "eager_because": unsupported_reason(trainer)}
-
-
-_CODE_VERSION: Optional[Dict[str, Any]] = None
-
-
-def code_version() -> Dict[str, Any]:
-    """The code that trains: ltbench's version and the git commit of its checkout (``+dirty`` with
-    uncommitted changes to tracked files outside ``results/``, which holds outputs, not code), or
-    ``$LTBENCH_COMMIT`` where the checkout has no ``.git`` (a device machine gets it from
-    ``make carry``). Computed once per process."""
-    global _CODE_VERSION
-    if _CODE_VERSION is None:
-        import subprocess
-
-        from ._version import __version__
-
-        commit = os.environ.get("LTBENCH_COMMIT") or None
-        repo = Path(__file__).resolve().parents[1]
-        if commit is None and (repo / ".git").exists():
-            try:
-                git = ["git", "-C", str(repo)]
-                commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                        timeout=10, check=True).stdout.strip() or None
-                dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                        ":(exclude)results"], capture_output=True, text=True, timeout=10).stdout.strip()
-                if commit and dirty:
-                    commit += "+dirty"
-            except (OSError, subprocess.SubprocessError):
-                commit = None
-        _CODE_VERSION = {"ltbench": __version__, "commit": commit}
-    return dict(_CODE_VERSION)
+#: Kept for callers of the old names (ltbench.checkpoint is the one reader).
+checkpoint_progress = checkpoint.progress
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,6 +134,9 @@ class RunStore:
         if problem:
             self._set_aside(path, problem)
             return None
+        for msg in plugins.changed_sources((m.get("execution") or {}).get("plugins") or {}):
+            print(f"ltbench: run {spec.key} is reused although {msg}; delete {path.parent} (or pass force=True) "
+                  "to retrain it with the current source", file=sys.stderr)
         return result
 
     def status(self, spec: RunSpec) -> str:
@@ -582,12 +149,16 @@ class RunStore:
     def progress(self, spec: RunSpec) -> Optional[Tuple[int, int]]:
         """(epochs trained, epochs) of the run's checkpoint, or None where it has none readable."""
         path = self.folder(spec) / CHECKPOINT_FILE
-        return checkpoint_progress(path) if path.is_file() else None
+        return checkpoint.progress(path)
 
     def has_weights(self, spec: RunSpec) -> bool:
         """Whether the run's folder holds the checkpoint of its last epoch (stage 2, FSA and
         analyses load the weights from it)."""
-        return _finished_checkpoint(self.folder(spec) / CHECKPOINT_FILE) is not None
+        return checkpoint.finished_state(self.folder(spec) / CHECKPOINT_FILE) is not None
+
+    def start_epoch(self, spec: RunSpec) -> int:
+        """The epoch a run would start from: its checkpoint's, else 0."""
+        return (self.progress(spec) or (0, 0))[0]
 
     def specs(self) -> List[RunSpec]:
         """Every run of the store that has a readable ``spec.json`` (not validated again)."""
@@ -633,40 +204,6 @@ def _metrics_problem(m: Any, spec: RunSpec) -> Optional[str]:
     if not isinstance(m.get("config"), dict):
         return "has no config"
     return None
-
-
-def _finished_checkpoint(path: Path) -> Optional[Dict[str, Any]]:
-    """The checkpoint at ``path`` if it exists, loads and is at its last epoch; else None."""
-    if not path.is_file():
-        return None
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state if state["epoch"] == state["config"]["epochs"] else None
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is handled by run()
-        return None
-
-
-def checkpoint_progress(path: Path) -> Optional[Tuple[int, int]]:
-    """(epochs trained, epochs of the run) of the checkpoint at ``path``, or None if unreadable."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return int(state["epoch"]), int(state["config"]["epochs"])
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by the caller
-        return None
-
-
-def _checkpoint_readable(path: Path) -> bool:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return isinstance(state, dict) and {"config", "model", "epoch"} <= set(state)
-    except Exception:  # noqa: BLE001
-        return False
 
 
 class _Lock:
@@ -789,41 +326,71 @@ def run(spec: RunSpec, store: Union[RunStore, str, os.PathLike], options: Option
         raise
 
 
+def build_trainer(spec: RunSpec, options: ExecOptions, dep_dirs: Optional[Mapping[str, Path]] = None,
+                  progress: Optional[bool] = None) -> Trainer:
+    """The trainer of ``spec``: the one place a run's trainer is built (:func:`run`, in-memory
+    :func:`train` and :func:`run_pack` all use it). ``dep_dirs``: the finished dependencies'
+    folders by name; ``progress``: override ``options.bar()``."""
+    method = METHODS.get(spec.method)
+    cfg = spec.train_config(options)
+    trainer_cls = options.wrap_trainer(method.trainer) if options.wrap_trainer else method.trainer
+    kwargs = {**method.trainer_kwargs(spec, dep_dirs or {}), **dict(options.trainer_extra)}
+    trainer = trainer_cls(cfg, progress=options.bar() if progress is None else progress, **kwargs)
+    trainer.label = spec.describe()
+    trainer.run_key = spec.key
+    return trainer
+
+
+def _meta(spec: RunSpec, options: ExecOptions, **execution: Any) -> Dict[str, Any]:
+    """``metrics.json``'s identity and execution record of a run trained with ``options``."""
+    return {"key": spec.key, "spec": spec.to_dict(), "execution": {**options.record(spec), **execution}}
+
+
+def _fit(spec: RunSpec, trainer: Trainer, options: ExecOptions, folder: Optional[Path]) -> TrainResult:
+    """Fit ``trainer`` (on the fast path when ``options.fast`` asks) and stamp its result."""
+    fast = options.attach_fast(trainer)
+    result = trainer.fit(folder, deadline=options.deadline)
+    result.meta = _meta(spec, options)
+    if options.fast:
+        result.meta["execution"]["fast"] = options.fast_record(trainer, fast)
+    return result
+
+
+def _prepare_folder(store: RunStore, spec: RunSpec, force: bool) -> None:
+    """Before (re)training in the run's folder: ``force`` clears the result and checkpoint; a
+    checkpoint that cannot be resumed from is set aside."""
+    folder = store.folder(spec)
+    ckpt = folder / CHECKPOINT_FILE
+    if force:
+        (folder / METRICS_FILE).unlink(missing_ok=True)
+        ckpt.unlink(missing_ok=True)
+    elif ckpt.is_file() and not checkpoint.is_readable(ckpt):
+        store._set_aside(ckpt, "is not a readable checkpoint")
+
+
+def _save(store: RunStore, spec: RunSpec, result: TrainResult) -> TrainResult:
+    """Save ``result`` in the run's folder and return what a later call would load (curves are
+    stored to 6 digits): a run returns the same result whether it was trained now or reused."""
+    result.save(store.folder(spec))
+    return TrainResult.load(store.folder(spec))
+
+
 def _train(spec: RunSpec, method: Method, store: RunStore, options: ExecOptions, dep_dirs: Dict[str, Path],
            force: bool, save: bool = True) -> TrainResult:
     """Train (or resume) ``spec`` in its folder, holding its lock; save it atomically (``save``:
     the result files; the checkpoint is always written)."""
     folder = store.folder(spec)
-    if True:
-        ckpt = folder / CHECKPOINT_FILE
-        if options.writer:
-            if force:
-                (folder / METRICS_FILE).unlink(missing_ok=True)
-                ckpt.unlink(missing_ok=True)
-            elif ckpt.is_file() and not _checkpoint_readable(ckpt):
-                store._set_aside(ckpt, "is not a readable checkpoint")
-        cfg = spec.train_config(options)
-        trainer_cls = options.wrap_trainer(method.trainer) if options.wrap_trainer else method.trainer
-        kwargs = {**method.trainer_kwargs(spec, dep_dirs), **dict(options.trainer_extra)}
-        bar = options.bar()
-        trainer = trainer_cls(cfg, progress=bar, **kwargs)
-        trainer.label = spec.describe()
-        trainer.run_key = spec.key
-        if options.writer:  # written once the trainer accepted the spec: a refused run leaves no folder
-            atomic_write_json(folder / SPEC_FILE, spec.to_dict())
-        fast = options.attach_fast(trainer)
-        result = trainer.fit(folder, deadline=options.deadline)
-        result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": options.record(spec)}
-        if options.fast:
-            result.meta["execution"]["fast"] = options.fast_record(trainer, fast)
-        if options.writer and save:
-            result.save(folder)
-            # What a later call would load (curves are stored to 6 digits): a run returns the same
-            # result whether it was trained now or reused.
-            result = TrainResult.load(folder)
-            if options.progress == "auto" and not bar:
-                print(f"trained {spec.describe()} [{spec.key}]: top-1 {result.top1_last:.2f} "
-                      f"in {result.train_seconds:.0f} s", flush=True)
+    if options.writer:
+        _prepare_folder(store, spec, force)
+    trainer = build_trainer(spec, options, dep_dirs)
+    if options.writer:  # written once the trainer accepted the spec: a refused run leaves no folder
+        atomic_write_json(folder / SPEC_FILE, spec.to_dict())
+    result = _fit(spec, trainer, options, folder)
+    if options.writer and save:
+        result = _save(store, spec, result)
+        if options.progress == "auto" and not options.bar():
+            print(f"trained {spec.describe()} [{spec.key}]: top-1 {result.top1_last:.2f} "
+                  f"in {result.train_seconds:.0f} s", flush=True)
     return result
 
 
@@ -837,8 +404,6 @@ def train(cfg: TrainConfig, store: Optional[Union[RunStore, str, os.PathLike]] =
     written. ``params`` are the method's parameters; ``options`` execution options (their
     ``progress`` is replaced by ``progress``); the config's own execution fields are kept.
     """
-    from .methods import spec_for
-
     spec = spec_for(cfg, method, deps, **params)
     base = options or ExecOptions(device=cfg.device, compile=cfg.compile, data_root=cfg.data_root,
                                   channels_last=cfg.channels_last, checkpoint_every=cfg.checkpoint_every)
@@ -847,16 +412,55 @@ def train(cfg: TrainConfig, store: Optional[Union[RunStore, str, os.PathLike]] =
         return run(spec, store, options, force=force, require_weights=require_weights)
     if spec.deps:
         raise ValueError(f"method {spec.method!r} needs its dependencies' weights: pass a store")
-    m = METHODS.get(spec.method)
-    trainer = m.trainer(spec.train_config(options), progress=options.bar(), **m.trainer_kwargs(spec, {}))
-    trainer.label = spec.describe()
-    fast = options.attach_fast(trainer)
-    result = trainer.fit(None, deadline=options.deadline)
-    result.meta = {"key": spec.key, "spec": spec.to_dict(), "execution": options.record(spec)}
-    if options.fast:
-        result.meta["execution"]["fast"] = options.fast_record(trainer, fast)
-    return result
+    return _fit(spec, build_trainer(spec, options), options, None)
 
 
-# The built-in methods (imported last: ltbench.methods imports this module's names).
-from . import methods as _methods  # noqa: E402,F401
+# --------------------------------------------------------------------------------------------
+# Packs: K joint runs of one recipe trained as one network (ltbench.fastpath)
+
+
+def run_pack(specs: Iterable[RunSpec], store: Union[RunStore, str, os.PathLike],
+             options: Optional[ExecOptions] = None) -> List[TrainResult]:
+    """Train the runs ``specs`` (one recipe: equal :func:`~ltbench.fastpath.pack_key`) as one pack
+    and save each in ``store`` exactly as :func:`run` saves a run trained alone (same files, same
+    ``metrics.json`` fields; ``execution`` also records the pack). Runs already finished (the
+    store's :meth:`~RunStore.load`, the same test as ``run()``'s) are returned as they are and not
+    trained. ``options.fast``: the pack's step mode (``"static"`` by default, ``"graph"``
+    compiles it). Raises :class:`~ltbench.engine.DeadlineReached` when the deadline stopped the
+    pack (every run checkpointed at the same epoch; call again to resume).
+    """
+    store = RunStore(store)
+    options = options or ExecOptions()
+    specs = list(specs)
+    keys = {pack_key(s) for s in specs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("run_pack needs runs of one recipe that can be packed (pack_key): joint runs of a CIFAR "
+                         "ResNet that differ only in " + ", ".join(PACK_VARYING))
+    if options.wrap_trainer is not None or not options.writer:
+        raise ValueError("packs train in one process (no DDP wrapper, and this process writes)")
+    store.check_writable()
+    out: List[Any] = [None] * len(specs)
+    with contextlib.ExitStack() as stack:
+        todo = []
+        for i, spec in enumerate(specs):
+            stack.enter_context(store.lock(spec, options.lock_timeout))
+            out[i] = store.load(spec)
+            if out[i] is None:
+                _prepare_folder(store, spec, force=False)
+                todo.append(i)
+        if not todo:
+            return out
+        trainers = []
+        for i in todo:
+            trainer = build_trainer(specs[i], options, progress=False)
+            if type(trainer) is not Trainer:
+                raise ValueError(f"{specs[i].describe()}: only method 'joint' runs can be packed")
+            atomic_write_json(store.folder(specs[i]) / SPEC_FILE, specs[i].to_dict())
+            trainers.append(trainer)
+        mode = check_mode(options.fast) or "static"
+        results = fit_pack(trainers, [store.folder(specs[i]) for i in todo], options.deadline, mode)
+        pack_record = {"size": len(todo), "mode": mode, "runs": [specs[i].key for i in todo]}
+        for i, result in zip(todo, results):
+            result.meta = _meta(specs[i], options, pack=pack_record)
+            out[i] = _save(store, specs[i], result)
+    return out

@@ -77,8 +77,13 @@ from torch.utils.data._utils.collate import default_collate
 from . import bbn as _bbn  # noqa: F401 - BBN run kind (BBNTrainer, BBNConfig)
 from . import distributed as D
 from . import two_stage as _two_stage  # noqa: F401 - registers step_crt
+from .checkpoint import load_state
 from .config import TrainConfig
 from .data import LARGE_DATASETS, LargeLTData, LargeLTDataset, build_large_dataset
+from .data.large import LARGE_OPTIONS
+from .bbn import BBNConfig
+from .methods import STAGE2_METHOD_NAMES, stage_two_spec
+from .runner import outside_clone_hint, parse_value
 from .engine import EXECUTION_FIELDS, EvalResult, Trainer, TrainResult, derive_seed, load_data
 from .metrics import confusion_matrix, expected_calibration_error, per_class_accuracy, shot_accuracy
 from .models import get_classifier
@@ -181,14 +186,10 @@ def _train_spec(d: Dict[str, Any], data: Dict[str, Any], path: Path) -> RunSpec:
 
 
 def _bbn_spec(d: Dict[str, Any], data: Dict[str, Any], path: Path) -> RunSpec:
-    from .bbn import BBNConfig
-
     return make_spec("bbn", BBNConfig().replace(**d), **_launch_params(data))
 
 
 def _stage2_spec(d: Dict[str, Any], data: Dict[str, Any], path: Path) -> RunSpec:
-    from .methods import STAGE2_METHOD_NAMES, stage_two_spec
-
     d = dict(d)
     if "stage1_dir" in d:
         raise ValueError(f"--config {str(path)!r}: [train].stage1_dir is gone: name the stage-1 run's config file "
@@ -252,8 +253,6 @@ def read_config_file(path: str | os.PathLike) -> Dict[str, Any]:
     """A config file as a dict: ``.toml`` (``tomllib``) or ``.json``."""
     path = Path(path)
     if not path.is_file():
-        from .runner import outside_clone_hint
-
         hint = outside_clone_hint(path, "configs") if path.parts[:1] == ("configs",) else ""
         raise FileNotFoundError(f"config file not found: --config {str(path)!r}{hint}")
     suffix = path.suffix.lower()
@@ -284,8 +283,6 @@ def _read_toml(path: Path) -> Dict[str, Any]:
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
     """``["train.epochs=1", "launch.num_workers=0"]`` applied to the nested config dict (values
     parsed as Python literals, else YAML, else strings, as the runner's ``-p``)."""
-    from .runner import parse_value
-
     data = json.loads(json.dumps(data))  # deep copy
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -341,8 +338,6 @@ def _check_spec(rc: RunConfig) -> None:
         if not cfg.model.startswith("timm/"):
             raise ValueError(f"launch.pretrained=true needs a timm backbone (model='timm/<name>'), got model={cfg.model!r}")
     if cfg.dataset in LARGE_DATASETS:
-        from .data.large import LARGE_OPTIONS
-
         unknown = sorted(set(cfg.data_options) - set(LARGE_OPTIONS))
         if unknown:
             raise ValueError(f"unknown data_options {unknown} for dataset={cfg.dataset!r}; valid: {', '.join(LARGE_OPTIONS)}")
@@ -667,7 +662,7 @@ class DistributedMixin:
         D.on_main(super().save_checkpoint, path)  # type: ignore[misc]
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("launch")
+        saved = load_state(path).get("launch")
         if saved is not None:
             changed = {k: (saved.get(k), v) for k, v in self.launch.record().items() if saved.get(k) != v}
             if changed:

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .checkpoint import load_finished
 from .config import TrainConfig
 from .engine import CHECKPOINT_FILE, EvalResult, Trainer, TrainResult, device_name
 from .models import LWSClassifier, TauNormClassifier, build_model, get_classifier, set_classifier
@@ -207,20 +208,10 @@ class StageTwoConfig(TrainConfig):
 def load_stage1_checkpoint(stage1_dir: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
     """The finished stage-1 checkpoint of ``stage1_dir`` (ValueError/FileNotFoundError if missing
     or unfinished)."""
-    path = Path(stage1_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no stage-1 checkpoint at {path}: run the stage-1 spec first with "
-                                "ltbench.runs.run(spec, store, require_weights=True) (results/ is committed "
-                                "without checkpoints; require_weights retrains a finished run that lacks one)")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    for k in ("config", "model", "num_classes", "counts", "epoch"):
-        if k not in state:
-            raise ValueError(f"{path} is not an ltbench checkpoint (missing {k!r})")
-    epochs = state["config"].get("epochs")
-    if state["epoch"] != epochs:
-        raise ValueError(f"stage-1 run {stage1_dir} is unfinished (epoch {state['epoch']} of {epochs}); "
-                         "finish it with ltbench.runs.run(spec, store) first")
-    return state
+    return load_finished(stage1_dir, "stage-1", "run the stage-1 spec first with ltbench.runs.run(spec, store, "
+                         "require_weights=True) (results/ is committed without checkpoints; require_weights "
+                         "retrains a finished run that lacks one)", ("config", "model", "num_classes", "counts", "epoch"),
+                         map_location)
 
 
 def stage_two_config(stage1_config: Any, method: str = "crt", **overrides: Any) -> StageTwoConfig:

@@ -24,6 +24,7 @@ from ltbench.engine import Trainer
 from ltbench.fsa import FSATrainer, phase2_config
 from ltbench.losses import LOSSES, build_loss, supports_mask
 from ltbench.methods import joint_spec
+from ltbench.mixup import MixupTrainer
 from ltbench.models import MODELS, CifarResNet, CosineClassifier
 from ltbench.ohem import OHEMTrainer
 from ltbench.runs import ExecOptions, RunStore, run
@@ -233,6 +234,7 @@ GRAPH_CASES = {
     "bbn": lambda d: BBNTrainer(_cfg(BBNConfig, drop_last=False), progress=False),
     "ohem_two_pass": lambda d: OHEMTrainer(_cfg(), keep_ratio=0.5, mode="two_pass", progress=False),
     "ohem_masked": lambda d: OHEMTrainer(_cfg(), keep_ratio=0.5, mode="masked", progress=False),
+    "mixup": lambda d: MixupTrainer(_cfg(), alpha=1.0, progress=False),
     "crt": lambda d: ClassifierTrainer(stage_two_config(_cfg().to_dict(), "crt", epochs=3, drop_last=False,
                                                         batch_size=64), d, progress=False),
 }
@@ -248,7 +250,11 @@ def test_whole_step_graph_equals_the_eager_path(case, stage1_dir):
     if case.startswith("ohem"):
         assert torch.equal(eager._mined, fast._mined) and torch.equal(eager._seen, fast._seen)
     if case == "bbn":
-        assert fast._alpha is fp.adapter.alpha and float(fast._alpha) == float(eager._alpha)
+        assert any(t is fast._alpha for t in fp.trainer_state(fast)) and float(fast._alpha) == float(eager._alpha)
+        alpha = fast._alpha
+        fast.on_epoch_start(1)
+        assert fast._alpha is alpha  # updated in place: the graph reads one static tensor
+    assert rec["step"] == type(fast).step_loss.__qualname__  # the trainer's own step, traced
 
 
 def test_whole_step_graph_fsa_phase2(stage1_dir):
@@ -282,6 +288,50 @@ def test_whole_step_graph_resnet32():
                                   epochs=1)
     _assert_same_state(eager, fast, rows)
     assert fp.record()["graphs"] == 1 and fp.record()["bn_layers_masked"] == 31
+
+
+class LogitAdjusted(Trainer):
+    """A user's method as a ``step_loss`` override: logit-adjusted CE (the log prior added to the
+    logits), with a state tensor of its own."""
+
+    def __init__(self, cfg, **kw):
+        super().__init__(cfg, **kw)
+        counts = torch.tensor(self.counts, dtype=torch.float32, device=self.device)
+        self.log_prior = (counts / counts.sum()).log()
+
+    def step_loss(self, x, y, *, mask=None):
+        with self.autocast():
+            logits = self.forward(x)
+        return self.criterion(logits.float() + self.log_prior + 0.0 * logits.sum(), y, mask)
+
+
+@pytest.mark.parametrize("mode", ["static", "graph"])
+def test_a_user_step_loss_runs_on_the_fast_path_and_equals_its_eager_run(mode):
+    eager, fast, fp, rows = _pair(lambda: LogitAdjusted(_cfg(loss="focal"), progress=False), mode,
+                                  backend="aot_eager" if mode == "graph" else None)
+    _assert_same_state(eager, fast, rows)
+    assert fastpath.unsupported_reason(fast) is None and fast.step_runner is fp
+    rec = ExecOptions.fast_record(fast, fp)  # metrics.json["execution"]["fast"]
+    assert rec["mode"] == mode and rec["step"] == "LogitAdjusted.step_loss" and rec["padded"]
+    assert rec["graphs"] == (1 if mode == "graph" else 0)
+    # the eager run really ran the override: plain focal training differs
+    plain = _double(Trainer(_cfg(loss="focal"), progress=False))
+    assert plain.train_epoch(0)["train_loss"] != pytest.approx(rows[0][0]["train_loss"], rel=1e-6)
+
+
+def test_a_step_input_kinds_mismatch_is_refused():
+    class Extra(Trainer):
+        def step_inputs(self, batch, epoch, generator):
+            x, y = super().step_inputs(batch, epoch, generator)
+            return x, y, torch.zeros(())
+
+        def step_loss(self, x, y, extra, *, mask=None):
+            return super().step_loss(x, y, mask=mask) + extra
+
+    t = Extra(_cfg(epochs=1), progress=False)
+    fastpath.attach(t, "static", strict=True)
+    with pytest.raises(ValueError, match="step_inputs returned 3 tensors but step_input_kinds names 2"):
+        t.train_epoch(0)
 
 
 def test_unsupported_trainers_stay_eager_with_a_reason():

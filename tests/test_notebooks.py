@@ -95,6 +95,32 @@ def test_notebook_source_cites_the_method_reference_and_concludes(stem):
     assert len(tagged) == 1 and tagged[0]["cell_type"] == "code" and cells[-1] is tagged[0]
 
 
+#: Most code lines a notebook may hold (tools/codestats.py: non-blank, non-comment lines of code cells).
+MAX_CODE_LINES = 170
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_is_thin(stem):
+    """Issue 23: a notebook opens its session with ltbench.notebook.setup (no hand-written preamble),
+    plans its runs from its parameters (no forwarded keywords), and stays short: computations live
+    in its experiment module, tables come from ltbench.tables."""
+    import importlib.util
+    import sys
+
+    codestats = sys.modules.get("codestats")
+    if codestats is None:
+        spec = importlib.util.spec_from_file_location("codestats", ROOT / "tools" / "codestats.py")
+        codestats = sys.modules["codestats"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(codestats)
+    assert codestats.notebook_code_lines(ROOT)[f"{stem}.ipynb"] <= MAX_CODE_LINES
+    code = ["".join(c["source"]) for c in _load(ROOT / "notebooks" / f"{stem}.ipynb")["cells"] if c["cell_type"] == "code"]
+    assert f'session = setup("{stem}", globals())' in code[1]
+    text = "\n".join(code[1:])
+    for preamble in ("apply_profile", "filterwarnings", "check_datasets", "use_style", "experiment.runs(", "CAVEATS",
+                     "summary_frame", "def pm("):
+        assert preamble not in text, (stem, preamble)
+
+
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     """The smoke profile reproduced once as ``make reproduce`` does it (``execute`` trains the runs,

@@ -16,7 +16,7 @@ from ltbench.bbn import BBNConfig
 from ltbench.engine import DeadlineReached, Trainer
 from ltbench.executor import PlanEntry, pack_units
 from ltbench.methods import bbn_spec, joint_spec, stage_two_spec
-from ltbench.runs import ExecOptions, RunStore, run
+from ltbench.runs import ExecOptions, RunStore, run, run_pack
 from test_fastpath import _cfg, _double, _rel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_run_pack_stores_each_run_as_if_trained_alone(tmp_path):
     specs = [joint_spec(_cfg(epochs=2, checkpoint_every=1, **kw)) for kw in THREE]
     opts = ExecOptions(device="cpu", progress=False)
     alone = [run(s, RunStore(tmp_path / "alone"), opts) for s in specs]
-    packed = fastpath.run_pack(specs, RunStore(tmp_path / "packed"), opts)
+    packed = run_pack(specs, RunStore(tmp_path / "packed"), opts)
     for spec, a, b in zip(specs, alone, packed):
         fa = RunStore(tmp_path / "alone").folder(spec)
         fb = RunStore(tmp_path / "packed").folder(spec)
@@ -97,12 +97,12 @@ def test_run_pack_stores_each_run_as_if_trained_alone(tmp_path):
 def test_run_pack_stops_at_the_deadline_and_resumes_in_lockstep(tmp_path):
     specs = [joint_spec(_cfg(epochs=2, checkpoint_every=2, **kw)) for kw in THREE[:2]]
     opts = ExecOptions(device="cpu", progress=False)
-    full = fastpath.run_pack(specs, RunStore(tmp_path / "full"), opts)
+    full = run_pack(specs, RunStore(tmp_path / "full"), opts)
     store = RunStore(tmp_path / "stopped")
     with pytest.raises(DeadlineReached):
-        fastpath.run_pack(specs, store, ExecOptions(device="cpu", progress=False, deadline=time.time()))
-    assert [fastpath.start_epoch(store, s) for s in specs] == [1, 1]
-    resumed = fastpath.run_pack(specs, store, opts)
+        run_pack(specs, store, ExecOptions(device="cpu", progress=False, deadline=time.time()))
+    assert [store.start_epoch(s) for s in specs] == [1, 1]
+    resumed = run_pack(specs, store, opts)
     for a, b in zip(full, resumed):
         assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
         assert a.last.per_class == b.last.per_class
@@ -126,7 +126,7 @@ def test_pack_units_group_only_runs_of_one_recipe(tmp_path):
     assert sum(len(u) for u in units) == len(keys)
     assert fastpath.pack_key(specs[5]) is None and fastpath.pack_key(specs[6]) is None
     with pytest.raises(ValueError, match="one recipe"):
-        fastpath.run_pack([specs[0], specs[4]], store)
+        run_pack([specs[0], specs[4]], store)
 
 
 @pytest.mark.slow

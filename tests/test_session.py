@@ -219,6 +219,65 @@ def test_make_carry_holds_data_resume_state_and_needed_stage1_weights(tmp_path):
         session.make_carry("paper", res, tmp_path / "c2", str(tmp_path / "nowhere"), notebooks=NOTEBOOKS, repo=ROOT)
 
 
+def _git_tree(root: Path) -> Path:
+    """A tiny git checkout: a tracked file (in the index), a tracked file deleted from the disk, an
+    ignored file, an ignored folder, an untracked file git does not ignore and one in a subfolder."""
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".gitignore").write_text("*.log\nbuild/\n")
+    (root / "tracked.py").write_text("x = 1\n" * 10)
+    (root / "gone.py").write_text("y = 2\n")
+    subprocess.run(["git", "-C", str(root), "add", ".gitignore", "tracked.py", "gone.py"], check=True)
+    (root / "gone.py").unlink()
+    (root / "ignored.log").write_bytes(b"z" * 5000)
+    (root / "build").mkdir()
+    (root / "build" / "out.bin").write_bytes(b"b" * 7000)
+    (root / "untracked.txt").write_text("new\n" * 3)
+    (root / "sub").mkdir()
+    (root / "sub" / "notes.md").write_text("# notes\n")
+    return root
+
+
+def test_tree_size_counts_what_git_tracks_or_does_not_ignore(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    root = _git_tree(tmp_path / "repo")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    from_git = sum((root / p).lstat().st_size for p in set(listed) if p and (root / p).exists())
+    by_hand = sum((root / p).stat().st_size for p in (".gitignore", "tracked.py", "untracked.txt", "sub/notes.md"))
+    assert session.tree_size(root) == from_git == by_hand
+    assert session.tree_size(root / "sub") == (root / "sub" / "notes.md").stat().st_size
+    (root / "ignored.log").write_bytes(b"z" * 50_000)  # what git ignores does not count
+    assert session.tree_size(root) == by_hand
+
+
+def test_tree_size_refuses_a_folder_that_is_not_a_git_checkout(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.txt").write_text("a")
+    with pytest.raises(ValueError, match="not a git checkout") as err:
+        session.tree_size(plain)
+    assert str(plain) in str(err.value)
+    with pytest.raises(ValueError, match="not a git checkout"):
+        session.make_carry("paper", tmp_path / "res", tmp_path / "c", str(tmp_path / "nowhere"), repo=plain)
+    assert not (tmp_path / "c").exists()  # refused before any other work
+
+
+@pytest.mark.parametrize("module", ["ltbench.ops", "ltbench.session"])
+def test_tree_size_command_under_both_names(tmp_path, module):
+    root = _git_tree(tmp_path / "repo")
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", module, "tree-size", str(root)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{session.tree_size(root)} bytes (")
+    (tmp_path / "plain").mkdir()
+    r = subprocess.run([sys.executable, "-m", module, "tree-size", str(tmp_path / "plain")], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not a git checkout" in r.stderr and str(tmp_path / "plain") in r.stderr, r.stderr
+
+
 def test_session_script_fails_fast_without_data(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(out), LTBENCH_RESULTS=str(tmp_path / "res"),

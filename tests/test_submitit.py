@@ -17,7 +17,8 @@ import pytest
 from conftest import ROOT, copy_fixture_notebook, real_cifar10_root
 from ltbench import runner
 from ltbench.__main__ import main
-from ltbench.runner import FAILED, OK, PENDING, SKIPPED, ConfigError, exit_code, run_batch
+from ltbench.batch import run_batch
+from ltbench.runner import FAILED, OK, PENDING, SKIPPED, ConfigError, exit_code
 from ltbench.submit import SubmititOptions, _crashed, _executor, resolve_cluster
 
 FIXTURES = Path(__file__).parent / "fixtures"

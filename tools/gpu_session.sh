@@ -85,7 +85,7 @@ json.dump({"session": {"profile": "$PROFILE", "device": "${DEV:-unknown}", "gpu"
 EOF
   local norun=()
   [ -f "$WORK/snapshot.json" ] || norun=(--no-runs)  # stopped before the session began: no run is new
-  if ! "$PY" -m ltbench.session pack --profile "$PROFILE" --results "$RESULTS" --out "$OUT" \
+  if ! "$PY" -m ltbench.ops pack --profile "$PROFILE" --results "$RESULTS" --out "$OUT" \
       --before "$WORK/snapshot.json" --logs "$LOGS" --bench "$WORK/benchmark.csv" --seeds "$SEEDS" \
       --extra "$WORK/extra.json" "${norun[@]}"; then
     echo "error: pack failed; packing the logs alone"
@@ -175,7 +175,7 @@ echo "device $DEV, workers $WORKERS, pack margin ${MARGIN}s"
 
 # -- resume state --------------------------------------------------------------------------------
 phase "restore"
-if ! "$PY" -m ltbench.session restore --carry "$CARRY" --results "$RESULTS" --profile "$PROFILE" \
+if ! "$PY" -m ltbench.ops restore --carry "$CARRY" --results "$RESULTS" --profile "$PROFILE" \
     --snapshot "$WORK/snapshot.json"; then
   echo "error: cannot restore into or read the run store $RESULTS/$PROFILE"; STATUS=2; exit 2
 fi
@@ -188,7 +188,7 @@ WARM=$!
 # -- smoke check ---------------------------------------------------------------------------------
 if [ "$SMOKE_S" -gt 0 ]; then
   phase smoke "(${SMOKE_S}s, $SMOKE_MODES)"
-  if ! timeout -k 10 $(( SMOKE_S + SMOKE_GRACE + 30 )) "$PY" -m ltbench.session smoke --device "$DEV" \
+  if ! timeout -k 10 $(( SMOKE_S + SMOKE_GRACE + 30 )) "$PY" -m ltbench.ops smoke --device "$DEV" \
       --budget "$SMOKE_S" --grace "$SMOKE_GRACE" --modes "$SMOKE_MODES" --out "$LOGS/smoke.json"; then
     echo "warning: the smoke check failed (see logs/smoke.json); training goes on, the session will exit 1"
     STATUS=1

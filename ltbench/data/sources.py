@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from ..io import atomic_torch_save
 from ..registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -115,8 +116,6 @@ def _cached(key: str, build) -> Split:
             path.unlink(missing_ok=True)
     split = build()
     try:
-        from ..io import atomic_torch_save
-
         atomic_torch_save(path, {"images": split.images, "targets": split.targets, "classes": split.classes})
     except OSError:
         pass  # an unwritable cache only costs speed

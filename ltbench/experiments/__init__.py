@@ -30,14 +30,20 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import TrainConfig
 from ..data import DataNotFoundError, build_long_tailed
+from ..data import DEFAULT_N_MAX, NUM_CLASSES
+from ..data.counts import long_tailed_counts
 from ..engine import TrainResult
 from ..io import atomic_write_json
+from ..methods import joint_spec
+from ..parameters import notebook_parameters
+from ..published import published
 from ..runs import ExecOptions, RunSpec, RunStore, run
+from ..text import verdict
 
 __all__ = [
     "PlannedRun", "EXPERIMENTS", "experiment", "tier_for", "materialize", "select", "notebook_parameters",
     "runs_for_notebook", "MANIFEST", "TIERS", "is_baseline", "dedupe", "base_config", "check_datasets",
-    "results_frame", "summary_frame", "gain_findings", "planned", "write_manifest", "choose",
+    "results_frame", "gain_findings", "planned", "write_manifest", "choose",
 ]
 
 #: Priority tiers, most valuable first.
@@ -95,8 +101,6 @@ def tier_for(spec: RunSpec, published_method: Optional[str]) -> int:
     if is_baseline(spec):
         return 0
     if published_method:
-        from ..published import published
-
         c = spec.config
         if published(published_method, c["dataset"], c["imbalance_ratio"]) is not None:
             return 1
@@ -130,31 +134,6 @@ def dedupe(runs: Iterable[PlannedRun]) -> List[PlannedRun]:
 
 # --------------------------------------------------------------------------------------------
 # Notebook parameters without executing the notebook
-
-
-def notebook_parameters(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The assignments of a notebook's ``parameters`` cell, evaluated as Python literals.
-
-    The cell must hold plain literals (``x = [1, 2]``, ``y = None``): anything else raises a
-    ValueError naming the line, since papermill, ``plan`` and readers all rely on it.
-    """
-    path = Path(path)
-    nb = json.loads(path.read_text())
-    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise ValueError(f"{path} must have exactly one cell tagged 'parameters', found {len(cells)}")
-    source = "".join(cells[0]["source"])
-    out: Dict[str, Any] = {}
-    for node in ast.parse(source).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ValueError(f"{path.name}: the parameters cell may only assign names, got line {node.lineno}: "
-                             f"{ast.get_source_segment(source, node)!r}")
-        try:
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
-            raise ValueError(f"{path.name}: parameter {node.targets[0].id} must be a plain literal, got "
-                             f"{ast.get_source_segment(source, node.value)!r}") from None
-    return out
 
 
 def runs_for_notebook(stem: str, parameters: Mapping[str, Any]) -> List[PlannedRun]:
@@ -262,8 +241,6 @@ def label_runs(methods: Mapping[str, Mapping[str, Any]], datasets: Sequence[str]
                seeds: Sequence[int], recipe: Mapping[str, Any], notebook: str, paper: str, table: str,
                published_rows: Optional[Mapping[str, Optional[str]]] = None, **tags: Any) -> List[PlannedRun]:
     """Joint runs of ``methods`` (label -> TrainConfig overrides) at every (dataset, IR, seed)."""
-    from ..methods import joint_spec
-
     published_rows = published_rows or {}
     out = []
     for label, overrides in methods.items():
@@ -354,9 +331,6 @@ def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int
     """:data:`VAL_PER_CLASS` (at most ``test_per_class``, where the test set is a balanced subset)
     if every class of ``dataset``-LT leaves that many training images unused (CIFAR-10-LT at any
     IR; CIFAR-100-LT never: its class 0 keeps all 500), else None."""
-    from ..data import DEFAULT_N_MAX, NUM_CLASSES
-    from ..data.counts import long_tailed_counts
-
     if dataset not in NUM_CLASSES:
         return None
     avail = DEFAULT_N_MAX[dataset]
@@ -369,8 +343,6 @@ def auto_val_per_class(dataset: str, imbalance_ratio: float, n_max: Optional[int
 def results_frame(results: Iterable[TrainResult]) -> "Any":
     """One row per run: method, dataset, IR, seed, last/best top-1, many/medium/few, ECE, published."""
     import pandas as pd
-
-    from ..published import published
 
     rows = []
     for r in results:
@@ -393,8 +365,6 @@ def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None)
     half the published gain, *holds in part* when it is positive but smaller, *does not hold* when
     it is not positive. With several seeds the line says whether the mean exceeds the seed spread."""
     import numpy as np
-
-    from ..notebook import verdict
 
     lines: List[str] = []
     if df is None or len(df) == 0:
@@ -426,28 +396,3 @@ def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None)
                          + (" (positive, under half the published gain)" if partial else "") + ".")
     return lines
 
-
-def summary_frame(df: "Any") -> "Any":
-    """Mean ± std over seeds per (method, dataset, IR), with the published value and the difference."""
-    import pandas as pd
-
-    def pm(s: "pd.Series") -> str:
-        s = s.dropna()
-        if s.empty:
-            return "-"
-        return f"{s.mean():.2f}" if len(s) == 1 else f"{s.mean():.2f} ± {s.std(ddof=1):.2f}"
-
-    out = []
-    for (method, ds, ir), g in df.groupby(["method", "dataset", "IR"], sort=False):
-        pub = g["published"].iloc[0]
-        pub = None if pub is None or (isinstance(pub, float) and math.isnan(pub)) else float(pub)
-        last = g["top1_last"].mean()
-        out.append({
-            "method": method, "dataset": ds, "IR": ir, "seeds": len(g),
-            "top1 last": pm(g["top1_last"]), "top1 at val-best epoch": pm(g["top1_at_best_val"]),
-            "top1 best (test-picked)": pm(g["top1_best"]),
-            "many": pm(g["many"]), "medium": pm(g["medium"]), "few": pm(g["few"]), "ECE": pm(g["ece"]),
-            "published": "-" if pub is None else f"{pub:.2f}",
-            "last - published": "-" if pub is None else f"{last - pub:+.2f}",
-        })
-    return pd.DataFrame(out)

@@ -5,12 +5,25 @@ numbers), ``grid`` (BBN Fig. 2: stage-1 representation x stage-2 classifier), ``
 whose classifier the tau-norm sweep normalises; their weights are loaded), ``ablation`` (BBN
 Tables 3-4: the re-balancing sampler and the adaptor) and ``branches`` (BBN runs whose branches
 are compared per class).
+
+Besides the runs (:func:`runs`, :func:`settings`), the notebook's computations: the grid and
+BBN's two findings on it (:func:`grid_frame`, :func:`grid_matrix`, :func:`grid_checks`,
+:func:`table5`), the tau-norm sweep (:func:`tau_frames`), the ablations (:func:`ablation_runs`,
+:func:`ablation_summary`), the branches (:func:`branches`, :func:`branch_frame`) and the
+conclusion's lines (:func:`findings`).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import PlannedRun, check_choice, common_config, grid, planned
+from ..bbn import load_branches
+from ..engine import EvalResult, TrainResult
+from ..methods import bbn_spec, joint_spec, mixup_spec, stage_two_spec
+from ..published import published, published_row
+from ..runs import RunStore
+from ..text import pm, verdict
+from ..two_stage import select_tau, tau_sweep
+from . import PlannedRun, check_choice, common_config, gain_findings, grid, planned, results_frame, select
 
 NOTEBOOK = "04_bbn_and_two_stage"
 PAPER = "BBN (Zhou et al. 2020) / Decoupling (Kang et al. 2020)"
@@ -63,8 +76,6 @@ def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Se
          ablation_samplers: Optional[Sequence[str]] = None, ablation_adaptors: Optional[Sequence[str]] = None,
          crt_epochs: Optional[int] = None, lws_epochs: Optional[int] = None) -> List[PlannedRun]:
     """Every run of notebook 04 (see the module docstring for the sections)."""
-    from ..methods import bbn_spec, joint_spec, mixup_spec, stage_two_spec
-
     check_choice("methods", methods, MAIN_METHODS)
     check_choice("ablation_samplers", ablation_samplers, SAMPLER_VARIANTS)
     check_choice("ablation_adaptors", ablation_adaptors, ADAPTOR_VARIANTS)
@@ -126,3 +137,167 @@ def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Se
             out.append(planned(bbn(ds, g_ir, seed), "BBN", NOTEBOOK, PAPER, "BBN branches", MAIN_METHODS["BBN"],
                                section="branches"))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook's computations
+
+#: The ablation table's metric columns (:func:`ltbench.tables.method_table`).
+ABLATION_METRICS = {"top1 last": "top1_last", "top1 best (test-picked)": "top1_best"}
+#: BBN's choice in each ablation (Tables 3-4).
+ABLATION_DEFAULTS = {"sampler": "reversed", "adaptor": "parabolic decay"}
+
+
+def grid_frame(results: Sequence[TrainResult], grid_ir: float) -> "Any":
+    """One row per grid run (section ``grid``): dataset, IR, seed, representation, classifier,
+    the last-epoch top-1 and shot groups, and the top-1 of its stage-1 run."""
+    import pandas as pd
+
+    rows = []
+    for r in select(results, section="grid"):
+        ds, seed, rep = r.config["dataset"], r.config["seed"], r.meta["representation"]
+        s1 = select(results, section="grid-stage1", dataset=ds, seed=seed, representation=rep)[0]
+        rows.append({"dataset": ds, "IR": grid_ir, "seed": seed, "representation": rep,
+                     "classifier": r.meta["classifier"], "top1": r.last.top1, "many": r.last.many,
+                     "medium": r.last.medium, "few": r.last.few, "stage1_top1": s1.last.top1})
+    return pd.DataFrame(rows)
+
+
+def grid_matrix(grid_df: "Any", dataset: str) -> "Any":
+    """The seed-mean top-1 of ``dataset``'s grid: representations (rows) x classifiers (columns)."""
+    return grid_df[grid_df.dataset == dataset].pivot_table(index="representation", columns="classifier", values="top1",
+                                                           aggfunc="mean").reindex(index=REPS, columns=list(CLASSIFIERS))
+
+
+def grid_checks(grid_df: "Any") -> "Any":
+    """BBN Fig. 2's two findings checked on the grid, one row per dataset, finding and case:
+    (1) for a fixed classifier, CE features are best; (2) for fixed features, an RW or RS
+    classifier beats a CE one."""
+    import pandas as pd
+
+    checks = []
+    for ds in (grid_df["dataset"].unique() if not grid_df.empty else []):
+        mat = grid_matrix(grid_df, ds)
+        for clf in CLASSIFIERS:
+            checks.append({"dataset": ds, "finding": "1: CE features best for a fixed classifier",
+                           "case": f"{clf} classifier", "holds": mat[clf].idxmax() == "CE",
+                           "detail": ", ".join(f"{r} {mat.loc[r, clf]:.2f}" for r in REPS)})
+        for rep in REPS:
+            rebal = max(mat.loc[rep, "RW"], mat.loc[rep, "RS"])
+            checks.append({"dataset": ds, "finding": "2: RW/RS classifier beats CE for fixed features",
+                           "case": f"{rep} features", "holds": bool(rebal > mat.loc[rep, "CE"]),
+                           "detail": ", ".join(f"{c} {mat.loc[rep, c]:.2f}" for c in CLASSIFIERS)})
+    return pd.DataFrame(checks)
+
+
+def table5(grid_df: "Any") -> "Any":
+    """BBN Table 5 (CIFAR-100-IR50, error % -> accuracy) beside our grid's rows there, mean ± std
+    over seeds per classifier ('-' when CIFAR-100 at IR50 did not run)."""
+    import pandas as pd
+
+    rows = []
+    for rep in REPS:
+        row = {"representation": rep, "published (BBN Table 5)": published(f"BBN Table 5 {rep}", "cifar100", 50)}
+        sel = grid_df[(grid_df.dataset == "cifar100") & (grid_df.IR == 50) & (grid_df.representation == rep)] \
+            if not grid_df.empty else grid_df
+        for clf in CLASSIFIERS:
+            row[f"ours, {clf} classifier"] = pm(sel[sel.classifier == clf]["top1"]) if len(sel) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tau_frames(results: Sequence[TrainResult], store: RunStore, taus: Sequence[float], device: str = "auto",
+               data_root: Optional[str] = None) -> Tuple["Any", "Any"]:
+    """``(sweep, picks)``: the tau-norm sweep of each CE run of section ``tau`` (one row per
+    dataset, IR and tau: test top-1 and shot groups, validation top-1), and per (dataset, IR) tau
+    chosen on the validation split (None without one), on the test set (optimistic) and tau = 1."""
+    import pandas as pd
+
+    rows = []
+    for r in select(results, section="tau"):
+        ds, ir = r.config["dataset"], r.config["imbalance_ratio"]
+        for d in tau_sweep(store.folder(r.meta["key"]), taus, device=device, data_root=data_root):
+            rows.append({"dataset": ds, "IR": ir, **{k: d[k] for k in ("tau", "top1", "many", "medium", "few", "val_top1")}})
+    sweep = pd.DataFrame(rows)
+    picks = []
+    for (ds, ir), s in (sweep.groupby(["dataset", "IR"], sort=False) if not sweep.empty else []):
+        rows_ = s.to_dict("records")
+        val_pick = select_tau(rows_)
+        test_pick = max(rows_, key=lambda r_: r_["top1"])
+        default = min(rows_, key=lambda r_: abs(r_["tau"] - 1.0))
+        picks.append({"dataset": ds, "IR": ir,
+                      "tau (val-picked)": None if val_pick is None else val_pick["tau"],
+                      "test top-1 at val-picked tau": None if val_pick is None else val_pick["top1"],
+                      "tau (test-picked, optimistic)": test_pick["tau"], "test top-1 at it": test_pick["top1"],
+                      "test top-1 at tau = 1": default["top1"]})
+    return sweep, pd.DataFrame(picks)
+
+
+def ablation_runs(results: Sequence[TrainResult]) -> "Any":
+    """One row per ablation run (``results_frame`` columns, with ``ablation``, ``variant`` and the
+    paper's ``published error``, of which ``published`` is 100 minus)."""
+    df = results_frame(select(results, section="ablation"))
+    if df.empty:
+        return df
+    abl = select(results, section="ablation")
+    df.insert(0, "ablation", [r.meta["ablation"] for r in abl])
+    df.insert(1, "variant", [r.meta["variant"] for r in abl])
+    df["published error"] = [published_row(f"BBN {k} {v}").error.get((ds, float(ir)))
+                             for k, v, ds, ir in zip(df["ablation"], df["variant"], df["dataset"], df["IR"])]
+    return df
+
+
+def ablation_summary(abl_runs: "Any") -> "Any":
+    """One row per ablation variant of :func:`ablation_runs`: ``mean`` (last-epoch top-1 over
+    seeds) and ``published`` (None where the paper has no number)."""
+    import pandas as pd
+
+    if abl_runs.empty:
+        return pd.DataFrame(columns=["ablation", "variant", "mean", "published"])
+    g = abl_runs.groupby(["ablation", "variant"], sort=False)
+    out = g["top1_last"].mean().rename("mean").reset_index()
+    out["published"] = [next((float(v) for v in s if v is not None and v == v), None) for _, s in g["published"]]
+    return out
+
+
+def branches(results: Sequence[TrainResult], store: RunStore) -> List[Tuple[TrainResult, Dict[str, EvalResult]]]:
+    """Each BBN run of section ``branches`` with its per-branch test metrics (combined model,
+    conventional branch alone, re-balancing branch alone)."""
+    return [(r, load_branches(store.folder(r.meta["key"]))) for r in select(results, section="branches")]
+
+
+def branch_frame(branch_runs: Sequence[Tuple[TrainResult, Dict[str, EvalResult]]]) -> "Any":
+    """One row per BBN run and prediction of :func:`branches`: top-1 and shot groups."""
+    import pandas as pd
+
+    def ir(v: float) -> Any:
+        return int(v) if float(v).is_integer() else v
+
+    return pd.DataFrame([{"dataset": r.config["dataset"], "IR": ir(r.config["imbalance_ratio"]), "seed": r.config["seed"],
+                          "prediction": name, "top1": ev.top1, "many": ev.many, "medium": ev.medium, "few": ev.few}
+                         for r, evs in branch_runs for name, ev in evs.items()])
+
+
+def findings(checks: "Any", abl: "Any", df: "Any", grid_ir: float, ablation_dataset: Optional[str],
+             epochs: Optional[int] = None) -> List[str]:
+    """The conclusion's lines: BBN's two grid findings (``checks``, :func:`grid_checks`) per
+    dataset; whether BBN's sampler and adaptor are the best of each ablation (``abl``,
+    :func:`ablation_summary`); and each main-table method's gain over CE beside the published
+    gain (``df``: ``results_frame`` of the main table)."""
+    lines = []
+    for (ds, finding), g in (checks.groupby(["dataset", "finding"], sort=False) if not checks.empty else []):
+        cases = "; ".join(f"{c}: {d}" for c, d in zip(g["case"], g["detail"]))
+        lines.append(f"{ds}-IR{grid_ir:g}, finding {finding}: true in {int(g['holds'].sum())} of {len(g)} cases ({cases}) → "
+                     f"{verdict(g['holds'].all(), partial=g['holds'].any() and not g['holds'].all())}.")
+    for kind, default in ABLATION_DEFAULTS.items():
+        a = abl[abl.ablation == kind] if not abl.empty else abl
+        if len(a) < 2 or default not in set(a["variant"]):
+            lines.append(f"BBN {kind} ablation: fewer than two variants (or no {default}) at this profile → cannot be checked.")
+            continue
+        best = a.loc[a["mean"].idxmax()]
+        ours = float(a.loc[a["variant"] == default, "mean"].iloc[0])
+        others = ", ".join(f"{v} {m:.2f}" for v, m in zip(a["variant"], a["mean"]) if v != default)
+        lines.append(f"BBN {kind} ablation ({ablation_dataset}-IR{grid_ir:g}): {default} {ours:.2f} vs {others} → "
+                     f"{default} best: {verdict(best['variant'] == default)}.")
+    # Each method's gain over CE beside the published gain (docs/methods.md §2: compressed schedules).
+    return lines + gain_findings(df, baseline="CE", epochs=epochs)

@@ -7,7 +7,7 @@ softmax_eql_v2, efl. Every loss class has ``uses_sigmoid`` and ``stateful`` clas
 Add a loss with ``@register_loss("my_loss")`` on a class taking ``(class_counts, **hparams)``.
 """
 from ._base import LossBase, StatefulLoss, masked_mean, supports_mask, weighted_cross_entropy
-from ._registry import LOSSES, build_loss, register_loss
+from ._registry import LOSSES, build_loss, check_loss, register_loss
 from .class_balanced import ClassBalancedFocalLoss, ClassBalancedSigmoidLoss, ClassBalancedSoftmaxLoss
 from .efl import EqualizedFocalLoss
 from .eql import SigmoidEQLLoss, SoftmaxEQLLoss, SoftmaxEQLv2Loss
@@ -20,6 +20,7 @@ __all__ = [
     "LOSSES",
     "build_loss",
     "register_loss",
+    "check_loss",
     "LossBase",
     "StatefulLoss",
     "supports_mask",

@@ -1,0 +1,25 @@
+"""Balanced Softmax (Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition",
+NeurIPS 2020), the loss alone, written outside the ltbench package (docs/your_method.md):
+
+    L(z, y) = CE(z + log(n), y),   n = the training count of each class
+
+``python -m ltbench compare --method examples/balanced_softmax.py:BalancedSoftmaxLoss --profile cpu``.
+"""
+import torch
+import torch.nn.functional as F
+
+from ltbench.losses import LossBase
+
+
+class BalancedSoftmaxLoss(LossBase):
+    """Cross-entropy on the logits shifted by the log training counts."""
+
+    def __init__(self, class_counts):
+        super().__init__(class_counts)
+        self.register_buffer("log_counts", torch.log(self.class_counts), persistent=False)
+
+    def compute(self, z, y, mask=None):
+        per_sample = F.cross_entropy(z + self.log_counts.to(z.dtype), y, reduction="none")
+        if mask is None:
+            return per_sample.mean()
+        return (per_sample * mask).sum() / mask.sum()

@@ -1,0 +1,30 @@
+"""The logit-adjusted loss (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021),
+written outside the ltbench package as a user would write it (docs/your_method.md):
+
+    L(z, y) = CE(z + tau * log(pi), y),   pi = the training class prior (counts / total)
+
+Run it as any built-in loss, e.g. ``python -m ltbench compare --method
+examples/logit_adjustment.py:LogitAdjustedLoss --param tau=1.0 --profile cpu``. With tau = 1 it is
+the same loss as Balanced Softmax (examples/balanced_softmax.py): log(pi) and log(counts) differ
+by a constant, which the softmax ignores.
+"""
+import torch
+import torch.nn.functional as F
+
+from ltbench.losses import LossBase
+
+
+class LogitAdjustedLoss(LossBase):
+    """Cross-entropy on the logits shifted by ``tau * log(prior)`` (training only; evaluation
+    uses the raw logits, as in the paper)."""
+
+    def __init__(self, class_counts, tau: float = 1.0):
+        super().__init__(class_counts)
+        self.tau = float(tau)
+        self.register_buffer("log_prior", torch.log(self.class_counts / self.class_counts.sum()), persistent=False)
+
+    def compute(self, z, y, mask=None):
+        per_sample = F.cross_entropy(z + self.tau * self.log_prior.to(z.dtype), y, reduction="none")
+        if mask is None:
+            return per_sample.mean()
+        return (per_sample * mask).sum() / mask.sum()

@@ -1,0 +1,168 @@
+"""The results-table builder (ltbench.tables), the notebooks' session (ltbench.notebook.setup) and
+the notebooks' computations moved into the experiment modules, on small closed-form inputs."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from ltbench import notebook, tables
+from ltbench.experiments import notebook_parameters, runs_for_notebook
+
+
+def runs_frame() -> pd.DataFrame:
+    """CE at seeds 0-2 (top-1 60 / 62 / 64, published 70.36) and A at seeds 0-1 (65 / 69, none
+    published): CE's mean 62 ± 2, A's 67 ± 2.83, A - CE per seed 5 and 7 -> 6 ± 1.41."""
+    rows = [("CE", 0, 60.0, 61.0, 70.36), ("CE", 1, 62.0, 63.0, 70.36), ("CE", 2, 64.0, 65.0, 70.36),
+            ("A", 0, 65.0, 66.0, None), ("A", 1, 69.0, 70.0, None)]
+    return pd.DataFrame([{"method": m, "dataset": "cifar10", "IR": 100, "seed": s, "top1_last": last, "top1_best": best,
+                          "many": 80.0 + s, "medium": None, "few": 10.0, "ece": 5.0, "published": pub, "error": 12.5}
+                         for m, s, last, best, pub in rows])
+
+
+def test_mean_std_and_pm_in_closed_form():
+    assert tables.mean_std([60, 62, 64]) == (62.0, 2.0, 3)
+    mean, std, n = tables.mean_std([1.5, None, float("nan"), "x"])
+    assert (mean, n) == (1.5, 1) and math.isnan(std)
+    assert tables.pm([60, 62, 64]) == "62.00 ± 2.00"
+    assert tables.pm(pd.Series([65.0, 69.0])) == "67.00 ± 2.83"
+    assert tables.pm([1.5]) == "1.50" and tables.pm([]) == "-" and tables.pm([None]) == "-"
+
+
+def test_method_table_mean_std_published_and_baseline():
+    t = tables.method_table(runs_frame(), baseline="CE")
+    assert list(t.columns) == ["method", "dataset", "IR", "seeds", "top1 last", "top1 best (test-picked)", "many",
+                               "medium", "few", "ECE", "published", "last - published", "last - CE"]
+    ce, a = (t[t.method == m].iloc[0] for m in ("CE", "A"))
+    assert (ce["seeds"], ce["top1 last"], ce["top1 best (test-picked)"]) == (3, "62.00 ± 2.00", "63.00 ± 2.00")
+    assert (ce["many"], ce["medium"], ce["few"], ce["ECE"]) == ("81.00 ± 1.00", "-", "10.00 ± 0.00", "5.00 ± 0.00")
+    assert (ce["published"], ce["last - published"], ce["last - CE"]) == ("70.36", "-8.36", "-")
+    assert (a["seeds"], a["top1 last"], a["published"], a["last - published"]) == (2, "67.00 ± 2.83", "-", "-")
+    assert a["last - CE"] == "6.00 ± 1.41"  # paired by seed: 65 - 60, 69 - 62
+    # Turned round, a published number from a function of the group's keys, and an extra column.
+    t = tables.method_table(runs_frame(), published=lambda keys: 60.0 if keys["method"] == "A" else None,
+                            baseline="CE", baseline_first=True, extra=["error"])
+    a = t[t.method == "A"].iloc[0]
+    assert (a["published"], a["last - published"], a["error"], a["CE - this"]) == ("60.00", "+7.00", "12.50", "-6.00 ± 1.41")
+    t = tables.method_table(runs_frame().assign(source="CB Table 2"), extra=["source"])
+    assert list(t["source"]) == ["CB Table 2", "CB Table 2"]
+    # Without published numbers, with a group of its own and chosen metrics.
+    t = tables.method_table(runs_frame(), ("dataset", "method"), published=None, metrics={"ours": "top1_last"})
+    assert list(t.columns) == ["dataset", "method", "seeds", "ours"] and list(t["ours"]) == ["62.00 ± 2.00", "67.00 ± 2.83"]
+    assert tables.method_table(runs_frame().iloc[0:0]).empty
+
+
+def test_method_table_baseline_missing_in_a_group():
+    df = runs_frame()
+    df.loc[df.method == "A", "dataset"] = "cifar100"  # no CE run there
+    t = tables.method_table(df, baseline="CE")
+    assert t[t.method == "A"]["last - CE"].iloc[0] == "-"
+
+
+def test_seed_stats_numbers():
+    df = runs_frame()
+    df["key"] = [f"k{i}" for i in range(len(df))]
+    s = tables.seed_stats(df.iloc[::-1], ["method", "dataset", "IR"], ordered={"keys": "key"})
+    ce = s[s.method == "CE"].iloc[0]
+    assert (ce["n"], ce["seeds"], ce["last_mean"], ce["last_std"], ce["best_mean"]) == (3, "0 1 2", 62.0, 2.0, 63.0)
+    assert ce["many"] == 81.0 and math.isnan(ce["medium"]) and ce["keys"] == ("k0", "k1", "k2")
+    assert ce["published"] == 70.36 and ce["diff_last"] == pytest.approx(62.0 - 70.36)
+    a = s[s.method == "A"].iloc[0]
+    assert a["published"] is None or math.isnan(a["published"])
+    s = tables.seed_stats(df, ["method"], published=lambda keys: {"A": 60.0}.get(keys["method"]))
+    assert s[s.method == "A"]["diff_last"].iloc[0] == pytest.approx(7.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The session a notebook opens
+
+
+def notebook_namespace(stem: str, tmp_path: Path, **changes) -> dict:
+    """What a notebook's globals() hold after its parameters cell, plus what IPython adds."""
+    ns = notebook_parameters(ROOT / "notebooks" / f"{stem}.ipynb")
+    ns.update(out_dir=str(tmp_path / "out" / stem), store_dir=str(tmp_path / "out"), **changes)
+    ns.update({"In": ["x = 1"], "Out": {}, "_": "", "_i1": "x", "get_ipython": print, "pd": pd})
+    return ns
+
+
+def test_setup_applies_the_profile_checks_the_datasets_and_plans_like_the_planner(tmp_path, capsys):
+    stem = "04_bbn_and_two_stage"
+    ns = notebook_namespace(stem, tmp_path, profile="smoke", datasets=["synthetic", "cifar100"],
+                            data_root=str(tmp_path / "no-data"))
+    session = notebook.setup(stem, ns)
+    printed = capsys.readouterr().out
+    # The profile's values land in the namespace itself, so the notebook's own names see them.
+    assert ns["epochs"] == 1 and session.params["epochs"] == 1 and session.changed["epochs"] == 1
+    assert "profile 'smoke'" in printed and "SKIPPED cifar100: cifar100 not found" in printed
+    assert "training on: ['synthetic']" in printed
+    assert session.present == ["synthetic"] and list(session.skipped) == ["cifar100"]
+    assert session.out == tmp_path / "out" / stem and session.store.root == tmp_path / "out"
+    assert session.profile == "smoke"
+    # Only the parameters: no IPython names, modules or functions.
+    assert not {"In", "Out", "_", "_i1", "get_ipython", "pd"} & set(session.params)
+    assert any(f[1] is not None and f[1].pattern == "IProgress not found" for f in warnings.filters)
+    # The notebook's runs are the planner's, on the datasets present.
+    expected = runs_for_notebook(stem, {**session.params, "datasets": ["synthetic"]})
+    assert [r.spec.key for r in session.plan()] == [r.spec.key for r in expected] and expected
+    setting = session.call(lambda epochs, datasets, grid_imbalance_ratio=0: (epochs, datasets, grid_imbalance_ratio))
+    assert setting == (1, ["synthetic"], 50)
+
+
+def test_setup_without_filling_from_the_profile(tmp_path, capsys):
+    ns = notebook_namespace("01_long_tailed_cifar", tmp_path, profile="paper", fill_from_profile=False,
+                            datasets=["synthetic"])
+    session = notebook.setup("01_long_tailed_cifar", ns)
+    assert session.changed == {} and ns["epochs"] == 8 and session.params["epochs"] == 8
+    assert "profile 'paper'" not in capsys.readouterr().out
+
+
+def test_caveats_and_parameters_of(capsys):
+    notebook.caveats("quick", " (Phase II: 4 iterations)")
+    out = capsys.readouterr().out
+    assert out.startswith("Caveats:\n - ") and "profile 'quick' uses a shortened schedule / subset (Phase II: 4 iterations)" in out
+    notebook.caveats("paper")
+    assert "shortened" not in capsys.readouterr().out
+    assert notebook.parameters_of({"a": [1, {"b": None}], "f": print, "_x": 1, "t": (1.5, "s"), "o": object()}) == \
+        {"a": [1, {"b": None}], "t": (1.5, "s")}
+    assert notebook.call_with(lambda a, b=2: (a, b), {"a": 1, "c": 3}, b=4) == (1, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Computations the notebooks call from their experiment modules
+
+
+def test_bbn_grid_findings_and_table5():
+    from ltbench.experiments import bbn_and_two_stage as bbn
+
+    # CE features best for every classifier; an RW / RS classifier beats CE for CE and RW features only.
+    top1 = {("CE", "CE"): 60, ("CE", "RW"): 62, ("CE", "RS"): 61, ("RW", "CE"): 50, ("RW", "RW"): 55, ("RW", "RS"): 52,
+            ("RS", "CE"): 58, ("RS", "RW"): 57, ("RS", "RS"): 56}
+    grid = pd.DataFrame([{"dataset": "cifar100", "IR": 50, "seed": s, "representation": r, "classifier": c,
+                          "top1": v + s} for (r, c), v in top1.items() for s in (0, 2)])
+    checks = bbn.grid_checks(grid)
+    assert checks[checks.finding.str.startswith("1")]["holds"].all()
+    assert list(checks[checks.finding.str.startswith("2")]["holds"]) == [True, True, False]
+    t5 = bbn.table5(grid)
+    assert list(t5["representation"]) == ["CE", "RW", "RS"] and t5.iloc[0]["ours, RW classifier"] == "63.00 ± 1.41"
+    lines = bbn.findings(checks, bbn.ablation_summary(pd.DataFrame()), grid.iloc[0:0], 50, "cifar10")
+    assert lines[0].startswith("cifar100-IR50, finding 1: CE features best for a fixed classifier: true in 3 of 3")
+    assert lines[1].endswith("→ holds in part.") and "cannot be checked" in lines[2]
+
+
+def test_class_balanced_grid_positions_and_best_per_column():
+    from ltbench.experiments import class_balanced_loss as cb
+
+    assert cb.grid_position("CB focal beta 0.9999 gamma 1") == ("focal γ=1", "β=0.9999")
+    assert cb.grid_position("sigmoid") == ("sigmoid", "plain") and cb.grid_position("CE") is None
+    assert cb.paper_label({"loss": "cb_focal", "beta": 0.9999, "gamma": 1.0}) == "CB focal beta 0.9999 gamma 1"
+    df = pd.DataFrame([{"method": m, "dataset": "cifar10", "IR": 100, "seed": 0, "top1_last": v}
+                       for m, v in (("softmax", 70.0), ("CB focal beta 0.9999 gamma 1", 74.0), ("CB softmax beta 0.9999", 72.0))])
+    best = cb.best_per_column(df).iloc[0]
+    assert best["best CB configuration (ours)"] == "CB focal beta 0.9999 gamma 1" and bool(best["same as paper"])
+    assert best["last - published"] == pytest.approx(74.0 - best["published best"])
+    mean, rows, cols = cb.table2_grid(df)
+    assert rows == ["softmax", "focal γ=1"] and cols == ["plain", "β=0.9999"]
