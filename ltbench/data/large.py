@@ -417,6 +417,36 @@ def _check_files(split: SplitList, param: str) -> None:
                                 "check_files=False to skip this check")
 
 
+def _checked_large_args(name: str, spec: "LargeDatasetSpec", train_split: Any, test_split: Any, image_size: Any,
+                        resize: Any, test_per_class: Any, color_jitter: Any, mean: Any, std: Any,
+                        crop_scale: Any) -> Tuple[Any, Any, float, Tuple[float, ...], Tuple[float, ...]]:
+    """:func:`build_large_dataset`'s arguments checked, with the dataset's defaults filled in:
+    (train_split, test_split, color jitter, mean, std)."""
+    train_split = train_split if train_split is not None else spec.train_split
+    test_split = test_split if test_split is not None else spec.test_split
+    for param, value in (("train_split", train_split), ("test_split", test_split)):
+        if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+            raise ValueError(f"invalid {param}={value!r} for dataset={name!r}: must be a split file, an iNaturalist "
+                             "JSON file or an image folder (data_options.train_split / test_split)")
+    for param, value, lo in (("image_size", image_size, 1), ("resize", resize, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"invalid {param}={value!r}: must be a positive int")
+    if test_per_class is not None and (isinstance(test_per_class, bool) or not isinstance(test_per_class, int)
+                                       or test_per_class < 1):
+        raise ValueError(f"invalid test_per_class={test_per_class!r}: must be None or a positive int")
+    jitter = spec.color_jitter if color_jitter is None else color_jitter
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+        raise ValueError(f"invalid color_jitter={color_jitter!r}: must be a number in [0, 1] (0 disables it)")
+    mean = tuple(mean) if mean is not None else spec.mean
+    std = tuple(std) if std is not None else spec.std
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"invalid mean={mean!r} / std={std!r}: three numbers each, std > 0")
+    if len(tuple(crop_scale)) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"invalid crop_scale={crop_scale!r}: (low, high) with 0 < low <= high <= 1")
+
+    return train_split, test_split, jitter, mean, std
+
+
 def build_large_dataset(
     name: str,
     root: Optional[PathLike] = None,
@@ -449,28 +479,8 @@ def build_large_dataset(
     without training images.
     """
     spec: LargeDatasetSpec = LARGE_DATASETS.get(name)  # type: ignore[assignment]
-    train_split = train_split if train_split is not None else spec.train_split
-    test_split = test_split if test_split is not None else spec.test_split
-    for param, value in (("train_split", train_split), ("test_split", test_split)):
-        if not isinstance(value, (str, os.PathLike)) or str(value) == "":
-            raise ValueError(f"invalid {param}={value!r} for dataset={name!r}: must be a split file, an iNaturalist "
-                             "JSON file or an image folder (data_options.train_split / test_split)")
-    for param, value, lo in (("image_size", image_size, 1), ("resize", resize, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"invalid {param}={value!r}: must be a positive int")
-    if test_per_class is not None and (isinstance(test_per_class, bool) or not isinstance(test_per_class, int)
-                                       or test_per_class < 1):
-        raise ValueError(f"invalid test_per_class={test_per_class!r}: must be None or a positive int")
-    jitter = spec.color_jitter if color_jitter is None else color_jitter
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
-        raise ValueError(f"invalid color_jitter={color_jitter!r}: must be a number in [0, 1] (0 disables it)")
-    mean = tuple(mean) if mean is not None else spec.mean
-    std = tuple(std) if std is not None else spec.std
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"invalid mean={mean!r} / std={std!r}: three numbers each, std > 0")
-    if len(tuple(crop_scale)) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-        raise ValueError(f"invalid crop_scale={crop_scale!r}: (low, high) with 0 < low <= high <= 1")
-
+    train_split, test_split, jitter, mean, std = _checked_large_args(
+        name, spec, train_split, test_split, image_size, resize, test_per_class, color_jitter, mean, std, crop_scale)
     base = _resolve_root(name, root, str(train_split))
     img_root = Path(images_root).expanduser() if images_root is not None else base
     tr = read_split(base / str(train_split), img_root, "train_split", reader)
