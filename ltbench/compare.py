@@ -22,14 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .comparison import BASELINES, check_method, train_comparison  # noqa: F401 - re-exported
+from .comparison import BASELINES, check_method, missing_baselines, planned_runs, train_comparison  # noqa: F401
 from .engine import TrainResult
+from .experiments import PlannedRun
 from .io import atomic_write_json, atomic_write_text
 from .plotting import new_figure, save, style
-from .runs import RunSpec
-from .text import fmt, fmt_mean_std, markdown_table
+from .plugins import load
+from .runs import DONE, RunStore
+from .text import fmt, fmt_mean_std, markdown_table, verdict
 
-__all__ = ["Comparison", "compare", "BASELINES", "check_method"]
+__all__ = ["Comparison", "compare", "render", "grouped", "figure", "BASELINES", "check_method", "planned_runs",
+           "missing_baselines", "pending_keys"]
 
 
 @dataclass
@@ -85,7 +88,8 @@ def _verdict(name: str, label: str, diff: Tuple[Optional[float], Optional[float]
     return text
 
 
-def _figure(results: Mapping[str, Sequence[TrainResult]], out: Path) -> List[Path]:
+def figure(results: Mapping[str, Sequence[TrainResult]]) -> Any:
+    """Each label's test accuracy per class against the class's training count (mean over seeds)."""
     with style():
         fig = new_figure(5.6, 3.6)
         ax = fig.add_subplot(1, 1, 1)
@@ -99,7 +103,7 @@ def _figure(results: Mapping[str, Sequence[TrainResult]], out: Path) -> List[Pat
         ax.set_xlabel("training images of the class (log scale)")
         ax.set_ylabel("test accuracy of the class (%)")
         ax.legend(fontsize=7, ncol=2)
-        return list(save(fig, out / "per_class_vs_count"))
+    return fig
 
 
 def _slug(name: str) -> str:
@@ -118,18 +122,84 @@ def compare(method: str, params: Optional[Mapping[str, Any]] = None, profile: st
     cell, baselines, mine, results, trained = train_comparison(
         method, params, profile, seeds, results_dir, notebooks_dir, train_baselines, device, verbose, deadline,
         compile, name)
-    return _render(name, method, params, profile, cell, results, baselines, mine, trained, Path(results_dir))
+    keys = {name: [s.key for s in mine], **{label: [s.key for s in specs] for label, specs in baselines.items()}}
+    return render(name, method, params, profile, cell, results, keys, trained, results_dir)
 
 
-def _render(name: str, method: str, params: Mapping[str, Any], profile: str, cell: Tuple[str, float],
-            results: Mapping[str, List[TrainResult]],
-            baselines: Mapping[str, Sequence[RunSpec]], mine: Sequence[RunSpec], trained: List[str],
-            results_dir: Path) -> Comparison:
+def grouped(planned: Sequence[PlannedRun], results: Sequence[TrainResult]
+            ) -> Tuple[Dict[str, List[TrainResult]], Dict[str, List[str]]]:
+    """(results by label, run keys by label) of a comparison's planned runs and their results
+    (:func:`ltbench.comparison.planned_runs`, then ``materialize``), in the plan's order."""
+    by_label: Dict[str, List[TrainResult]] = {}
+    keys: Dict[str, List[str]] = {}
+    for r, res in zip(planned, results):
+        by_label.setdefault(r.label, []).append(res)
+        keys.setdefault(r.label, []).append(r.spec.key)
+    return by_label, keys
+
+
+#: The fields of a method's ``PUBLISHED`` attribute (its published number and its own baseline's).
+PUBLISHED_FIELDS = ("source", "dataset", "imbalance_ratio", "top1", "baseline_top1")
+
+
+def published_of(method: str) -> Optional[Dict[str, Any]]:
+    """The ``PUBLISHED`` dict a method's class declares (:data:`PUBLISHED_FIELDS`), or None; a
+    malformed one is a ValueError naming what is missing."""
+    pub = getattr(load(method), "PUBLISHED", None)
+    if pub is None:
+        return None
+    missing = [f for f in PUBLISHED_FIELDS if not isinstance(pub, Mapping) or f not in pub]
+    if missing:
+        raise ValueError(f"{method}: PUBLISHED must be a dict with {', '.join(PUBLISHED_FIELDS)}; missing {missing}")
+    return dict(pub)
+
+
+def published_claim(name: str, method: str, cell: Tuple[str, float],
+                    results: Mapping[str, Sequence[TrainResult]]) -> Optional[str]:
+    """The sentence on the method's published gain over its own CE baseline (``PUBLISHED``)
+    beside ours over CE, paired by seed: *holds* when ours is positive and at least half the
+    published gain, *holds in part* when positive but smaller, *does not hold* otherwise (the rule
+    of the notebooks' conclusions). None when the method declares no published number."""
+    pub = published_of(method)
+    if pub is None or "CE" not in results:
+        return None
+    gain = float(pub["top1"]) - float(pub["baseline_top1"])
+    where = f"{pub['dataset']} IR{float(pub['imbalance_ratio']):g}"
+    head = (f"Published ({pub['source']}): {float(pub['top1']):.2f} against its CE {float(pub['baseline_top1']):.2f} "
+            f"on {where}, a gain of {gain:+.2f} points")
+    if (pub["dataset"], float(pub["imbalance_ratio"])) != (cell[0], float(cell[1])):
+        return head + f"; this comparison is on {cell[0]} IR{cell[1]:g}, so the published gain is context, not checked."
+    diffs = [a.last.top1 - b.last.top1 for a, b in zip(results[name], results["CE"])]
+    mean = sum(diffs) / len(diffs)
+    holds = mean > 0
+    partial = holds and gain > 0 and mean < gain / 2
+    return (head + f"; ours over CE here {mean:+.2f} ({len(diffs)} seed{'s' if len(diffs) != 1 else ''}) → "
+            f"the claim {verdict(holds, partial=partial)}" + (" (positive, under half the published gain)" if partial
+                                                               else "") + ".")
+
+
+def pending_keys(planned: Sequence[PlannedRun], store: RunStore) -> List[str]:
+    """The keys of ``planned`` not finished in ``store`` (what materialising them will train)."""
+    return list(dict.fromkeys(r.spec.key for r in planned if store.status(r.spec) != DONE))
+
+
+def render(name: str, method: str, params: Mapping[str, Any], profile: str, cell: Tuple[str, float],
+           results: Mapping[str, Sequence[TrainResult]], keys: Mapping[str, Sequence[str]], trained: Sequence[str],
+           results_dir: Union[str, Path] = "results") -> Comparison:
+    """Write the comparison of your runs (``results[name]``) with every other label of
+    ``results`` (the baselines, in order) under ``<results_dir>/<profile>/compare/<name>/``:
+    ``comparison.md`` (the table and one verdict per baseline), ``comparison.json`` (which runs,
+    which trained now) and the per-class figure. ``keys``: the run keys by label."""
     import pandas as pd  # the notebooks extra, as the report
 
+    results_dir = Path(results_dir)
+    baselines = [label for label in results if label != name]
     ours = [r.last.top1 for r in results[name]]
     rows = [_row(name, results[name], None)] + [_row(label, results[label], ours) for label in baselines]
     verdicts = [_verdict(name, r["method"], r["_diff"]) for r in rows[1:]]
+    claim = published_claim(name, method, cell, results)
+    if claim:
+        verdicts.insert(0, claim)
     table = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
     out = results_dir / profile / "compare" / _slug(name)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,10 +210,10 @@ def _render(name: str, method: str, params: Mapping[str, Any], profile: str, cel
           *([f"> Profile `{profile}` trains briefly on a subset: this checks the pipeline and the direction of an "
              "effect, not a paper-scale claim (use `cpu` or `paper`)."] if profile in ("smoke", "quick") else [])]
     atomic_write_text(out / "comparison.md", "\n".join(md))
-    files = [out / "comparison.md", *_figure(results, out)]
+    files = [out / "comparison.md", *save(figure(results), out / "per_class_vs_count")]
     record = {"method": method, "params": dict(params), "profile": profile, "name": name, "cell": list(cell),
-              "user_runs": [s.key for s in mine], "baselines": {k: [s.key for s in v] for k, v in baselines.items()},
-              "trained": trained, "verdicts": verdicts}
+              "user_runs": list(keys[name]), "baselines": {label: list(keys[label]) for label in baselines},
+              "trained": list(trained), "verdicts": verdicts}
     atomic_write_json(out / "comparison.json", record)
     files.append(out / "comparison.json")
     return Comparison(name, table, verdicts, files, trained, record["baselines"], record["user_runs"])

@@ -1,8 +1,9 @@
 """The runs of a comparison of your loss with the baselines (:mod:`ltbench.compare` renders it).
 
 The baselines are the profile's own runs of the compared cell, found in its plan
-(:func:`ltbench.executor.collect`); your runs are the CE baseline's runs with the loss replaced
-(same data, recipe and seeds). :func:`train_comparison` trains only what is yours, and the
+(:func:`ltbench.executor.collect`); your runs are the CE baseline's runs (same data, recipe and
+seeds) with the loss replaced, or, for a training-step method (a ``Trainer`` subclass or a
+``Method``), trained by that method instead. :func:`train_comparison` trains only what is yours, and the
 baselines only with ``train_baselines``. The harvest's ``method`` steps call it.
 """
 from __future__ import annotations
@@ -12,17 +13,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import TrainConfig
-from .engine import TrainResult
+from .engine import Trainer, TrainResult
 from .executor import collect
 from .experiments import PlannedRun, is_baseline
 from .losses import check_loss
 from .methods import joint_spec
 from .parameters import ConfigError
-from .plugins import PluginError, is_reference
-from .runs import DONE, ExecOptions, RunSpec, RunStore, run
+from .plugins import PluginError, is_reference, load
+from .profiles import COMPARISON_NOTEBOOK
+from .runs import DONE, METHODS, ExecOptions, Method, RunSpec, RunStore, make_spec, run
 
-__all__ = ["BASELINES", "check_method", "comparison_cell", "find_baselines", "user_specs", "plan_comparison",
-           "train_comparison"]
+__all__ = ["BASELINES", "BASELINE_NOTEBOOKS", "NOTEBOOK", "check_method", "is_step_method", "comparison_cell",
+           "find_baselines", "user_specs", "plan_comparison", "planned_runs", "missing_baselines", "train_comparison"]
 
 #: The baselines of a comparison: label -> published row of the plan's runs (ltbench.published).
 BASELINES: Dict[str, str] = {
@@ -35,16 +37,60 @@ BASELINES: Dict[str, str] = {
 }
 #: The comparison's data: the cell every paper reports.
 DATASET, IMBALANCE_RATIO = "cifar10", 100.0
+#: The notebooks whose plans hold the baselines.
+BASELINE_NOTEBOOKS = ["01", "02", "03", "04"]
+#: The notebook of a comparison (notebooks/08_your_method.ipynb) and the tier of your runs in it.
+NOTEBOOK, USER_TIER = COMPARISON_NOTEBOOK, 2
+
+
+def planned_runs(method: str, params: Mapping[str, Any], profile: str, seeds: Optional[int] = None,
+                 notebooks_dir: Union[str, Path] = "notebooks", name: Optional[str] = None,
+                 overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Tuple[str, float], List[PlannedRun]]:
+    """(the compared cell, the comparison's runs as a notebook plans them): your runs labelled
+    ``name`` (tier :data:`USER_TIER`), then each baseline's runs labelled as in :data:`BASELINES`,
+    all in notebook :data:`NOTEBOOK` (:func:`ltbench.experiments.materialize` gets them)."""
+    name = name or method.rpartition(":")[2]
+    cell, baselines, mine = plan_comparison(method, params, profile, seeds, notebooks_dir, overrides)
+    paper = f"Your method ({method})"
+    out = [PlannedRun(s, name, USER_TIER, NOTEBOOK, paper, "comparison") for s in mine]
+    out += [PlannedRun(s, label, 0 if label == "CE" else 1, NOTEBOOK, paper, "comparison", BASELINES[label])
+            for label, specs in baselines.items() for s in specs]
+    return cell, out
+
+
+def missing_baselines(planned: Sequence[PlannedRun], store: RunStore, profile: str,
+                      seeds: Optional[int] = None) -> None:
+    """Refuse (ConfigError) when a baseline of ``planned`` is not finished in ``store``, naming
+    each and the ``execute`` command that trains it."""
+    missing = [f"{r.label} [{r.spec.key}]" for r in planned if r.tier != USER_TIER and store.status(r.spec) != DONE]
+    if missing:
+        raise ConfigError(f"baselines not in {store.root}: {', '.join(dict.fromkeys(missing))}; train them with "
+                          f"`python -m ltbench execute --profile {profile} --only {' '.join(BASELINE_NOTEBOOKS)}`"
+                          + (f" --seeds {seeds}" if seeds else "") + ", or pass --train-baselines")
+
+
+def is_step_method(method: str) -> bool:
+    """Whether the reference ``method`` names a training-step method (a ``Method`` or a ``Trainer``
+    subclass) rather than a loss."""
+    obj = load(method)
+    return isinstance(obj, Method) or (isinstance(obj, type) and issubclass(obj, Trainer))
 
 
 def check_method(method: str, params: Mapping[str, Any]) -> None:
     """Refuse a method that cannot train, before any work: not a reference, not importable, a
-    constructor that does not take ``params``, or a loss that is not a finite scalar."""
+    constructor that does not take ``params``, a loss that is not a finite scalar, or a
+    training-step method whose parameters are not ``params``' (checked again on each run's spec)."""
     if not is_reference(method):
-        raise ConfigError(f"--method {method!r}: name your loss as '<file.py or module>:<Name>', e.g. "
-                          "'examples/logit_adjustment.py:LogitAdjustedLoss' (docs/your_method.md)")
+        raise ConfigError(f"--method {method!r}: name your loss or Trainer subclass as '<file.py or module>:<Name>', "
+                          "e.g. 'examples/logit_adjustment.py:LogitAdjustedLoss' (docs/your_method.md)")
     try:
-        check_loss(method, **dict(params))
+        if is_step_method(method):
+            unknown = sorted(set(params) - set(METHODS.get(method).params))
+            if unknown:
+                raise ValueError(f"does not take parameter(s) {unknown}; its parameters: "
+                                 f"{', '.join(METHODS.get(method).params) or 'none'}")
+        else:
+            check_loss(method, **dict(params))
     except (PluginError, ValueError, TypeError) as exc:
         raise ConfigError(f"--method {method!r}: {exc}") from None
 
@@ -75,23 +121,30 @@ def find_baselines(planned: Mapping[str, Sequence[PlannedRun]],
 
 
 def user_specs(method: str, params: Mapping[str, Any], ce: Sequence[RunSpec]) -> List[RunSpec]:
-    """Your runs: each CE baseline run (one per seed) with its loss replaced by ``method``."""
+    """Your runs: each CE baseline run (one per seed) with its loss replaced by ``method``, or
+    trained by ``method`` where it is a training-step method (:func:`is_step_method`)."""
+    step = is_step_method(method)
     out = []
     for spec in ce:
         if not is_baseline(spec):
             raise ValueError(f"{spec.describe()} is not a plain CE run")
-        cfg = TrainConfig.from_dict(spec.config).replace(loss=method, loss_params=dict(params))
-        out.append(joint_spec(cfg))
+        cfg = TrainConfig.from_dict(spec.config)
+        try:
+            out.append(make_spec(method, cfg, **dict(params)) if step
+                       else joint_spec(cfg.replace(loss=method, loss_params=dict(params))))
+        except ValueError as exc:
+            raise ConfigError(f"--method {method!r}: {exc}") from None
     return out
 
 
 def plan_comparison(method: str, params: Mapping[str, Any], profile: str, seeds: Optional[int] = None,
-                    notebooks_dir: Union[str, Path] = "notebooks"
+                    notebooks_dir: Union[str, Path] = "notebooks", overrides: Optional[Mapping[str, Any]] = None
                     ) -> Tuple[Tuple[str, float], Dict[str, List[RunSpec]], List[RunSpec]]:
     """(the compared cell, the baselines' specs by label, your runs' specs), after checking the
-    method (:func:`check_method`); nothing is read from a store or trained."""
+    method (:func:`check_method`); nothing is read from a store or trained. ``overrides``: of the
+    baseline notebooks' parameters, as for ``plan`` (e.g. ``{"datasets": ["synthetic"]}``)."""
     check_method(method, params)
-    planned = collect(profile, seeds=seeds, only=["01", "02", "03", "04"], notebooks_dir=notebooks_dir)
+    planned = collect(profile, seeds=seeds, only=BASELINE_NOTEBOOKS, overrides=overrides, notebooks_dir=notebooks_dir)
     cell = comparison_cell(planned)
     baselines = find_baselines(planned, cell)
     if "CE" not in baselines:
@@ -124,11 +177,9 @@ def train_comparison(method: str, params: Mapping[str, Any], profile: str, seeds
     say = print if verbose else (lambda *a, **k: None)
     cell, baselines, mine = plan_comparison(method, params, profile, seeds, notebooks_dir)
     store = RunStore(Path(results_dir) / profile)
-    missing = [f"{label} [{s.key}]" for label, specs in baselines.items() for s in specs if store.status(s) != DONE]
-    if missing and not train_baselines:
-        raise ConfigError(f"baselines not in {store.root}: {', '.join(missing)}; train them with `python -m ltbench "
-                          f"execute --profile {profile} --only 01 02 03 04`" + (f" --seeds {seeds}" if seeds else "")
-                          + ", or pass --train-baselines")
+    if not train_baselines:
+        missing_baselines([PlannedRun(s, label, 1, NOTEBOOK, "", "") for label, specs in baselines.items()
+                           for s in specs], store, profile, seeds)
     stop_at = None if deadline is None else time.time() + deadline
     options = ExecOptions(device=device, progress="auto" if verbose else False, deadline=stop_at, compile=compile)
     trained: List[str] = []

@@ -83,10 +83,17 @@ def save_figure(fig: "Any", out_dir: str | Path, name: str, show: bool = True, d
     """
     import matplotlib.pyplot as plt
 
-    save(fig, Path(out_dir) / "figures" / name, dpi=dpi)
-    if show:
+    png = save(fig, Path(out_dir) / "figures" / name, dpi=dpi)[0]
+    managed = plt.fignum_exists(getattr(fig, "number", -1))  # library figures (plotting.new_figure) are not pyplot's
+    if show and managed:
         plt.show()
-    else:
+    elif show:
+        try:
+            from IPython.display import Image
+        except ImportError:  # pragma: no cover - notebooks always have IPython
+            return
+        _show(Image(filename=str(png)))
+    elif managed:
         plt.close(fig)
 
 
@@ -160,6 +167,9 @@ def show(obj: Any) -> None:
         print(obj)
         return
     display(obj)
+
+
+_show = show  # save_figure's argument ``show`` hides the name there
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,13 @@ and a run reused after its source changed is reported (:func:`changed_sources`).
 A relative file path is looked up under the repository that holds ``ltbench`` first (so a
 notebook, the harvest's worktree and a worker process find the same file), then under the
 current folder. Errors name the reference, what was searched and what to fix (docs/your_method.md).
+
+An installed package can instead register names (``register_loss("mine")``, ``register_method``)
+from a function it declares as an entry point of the group ``ltbench.plugins``
+(:data:`ENTRY_POINT_GROUP`); every registry calls those functions once per process, on the first
+name it does not know, so a worker process or the harvest finds them too. A name registered from
+outside the package has its source file's digest recorded like a reference's
+(:func:`note_external`).
 """
 from __future__ import annotations
 
@@ -22,11 +29,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ["is_reference", "load", "source_file", "source_digest", "references", "digests", "changed_sources",
-           "PluginError"]
+           "PluginError", "ENTRY_POINT_GROUP", "load_entry_points", "note_external", "is_external"]
 
 #: The checkout (or site-packages folder) that holds the ltbench package.
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _LOADED: Dict[str, Any] = {}
+#: The entry-point group whose functions register names (``[project.entry-points."ltbench.plugins"]``).
+ENTRY_POINT_GROUP = "ltbench.plugins"
+_ENTRY_POINTS_LOADED: List[str] = []
+_ENTRY_POINTS_DONE = False
+#: Names registered from outside the package -> the file that defines what they name.
+_EXTERNAL: Dict[str, Path] = {}
 
 
 class PluginError(ValueError):
@@ -94,8 +107,60 @@ def load(ref: str) -> Any:
     return _LOADED[ref]
 
 
+def load_entry_points() -> List[str]:
+    """Call every installed ``ltbench.plugins`` entry point (a function taking no argument that
+    registers names), once per process; the names of the entry points called. A broken one is a
+    PluginError naming it and its distribution."""
+    global _ENTRY_POINTS_DONE
+    if _ENTRY_POINTS_DONE:
+        return list(_ENTRY_POINTS_LOADED)
+    _ENTRY_POINTS_DONE = True  # before the calls: a plugin's register() looks names up itself
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "an installed distribution"
+        where = f"entry point {ep.name!r} = {ep.value!r} of {dist} (group {ENTRY_POINT_GROUP!r})"
+        try:
+            hook = ep.load()
+        except Exception as exc:
+            raise PluginError(f"{where}: importing it failed: {type(exc).__name__}: {exc}") from exc
+        if not callable(hook):
+            raise PluginError(f"{where} is a {type(hook).__name__}; it must name a function that registers names")
+        try:
+            hook()
+        except Exception as exc:
+            raise PluginError(f"{where}: calling it failed: {type(exc).__name__}: {exc}") from exc
+        _ENTRY_POINTS_LOADED.append(ep.name)
+    return list(_ENTRY_POINTS_LOADED)
+
+
+def _defining_file(obj: Any) -> Optional[Path]:
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file else None
+
+
+def is_external(obj: Any) -> bool:
+    """Whether ``obj`` (a class or function) is defined outside the ltbench package."""
+    module = getattr(obj, "__module__", None) or ""
+    return not (module == "ltbench" or module.startswith("ltbench."))
+
+
+def note_external(name: str, obj: Any) -> None:
+    """Remember that ``name`` was registered for ``obj`` from outside the package, so runs that
+    use it record its source digest (:func:`digests`)."""
+    if is_external(obj):
+        path = _defining_file(obj)
+        if path is not None:
+            _EXTERNAL[name] = path
+
+
 def source_digest(ref: str) -> Optional[str]:
-    """The first 16 hex digits of the SHA-256 of the source that defines ``ref`` (None if unknown)."""
+    """The first 16 hex digits of the SHA-256 of the source that defines ``ref`` (a reference, or
+    a name registered from outside the package; None if unknown)."""
+    if not is_reference(ref):
+        path = _EXTERNAL.get(ref)
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None and path.is_file() else None
     path = source_file(ref)
     if path is None:
         module = sys.modules.get(_split(ref)[0])
@@ -106,20 +171,27 @@ def source_digest(ref: str) -> Optional[str]:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def references(config: Mapping[str, Any]) -> List[str]:
-    """The references among a run configuration's string fields (``loss``, ``sampler``, ...)."""
-    return sorted({v for v in config.values() if is_reference(v)})
+def references(config: Mapping[str, Any], method: Optional[str] = None) -> List[str]:
+    """The references among a run configuration's string fields (``loss``, ``sampler``, ...) and
+    its ``method``, with the names registered from outside the package."""
+    values = [v for v in config.values() if isinstance(v, str)] + ([method] if isinstance(method, str) else [])
+    return sorted({v for v in values if is_reference(v) or v in _EXTERNAL})
 
 
-def digests(config: Mapping[str, Any]) -> Dict[str, Optional[str]]:
-    """Reference -> source digest, for every reference of ``config`` (what a run records)."""
-    return {ref: source_digest(ref) for ref in references(config)}
+def digests(config: Mapping[str, Any], method: Optional[str] = None) -> Dict[str, Optional[str]]:
+    """Reference -> source digest, for every reference of ``config`` and ``method`` (what a run
+    records)."""
+    return {ref: source_digest(ref) for ref in references(config, method)}
 
 
 def changed_sources(recorded: Mapping[str, Any]) -> List[str]:
     """Messages for the references whose source differs from the digest ``recorded`` at training."""
     out = []
     for ref, then in dict(recorded or {}).items():
+        if not is_reference(ref):
+            load_entry_points()
+            if ref not in _EXTERNAL:  # registered by code this process has not run: nothing to compare
+                continue
         try:
             now = source_digest(ref)
         except PluginError as exc:

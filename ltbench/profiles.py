@@ -59,7 +59,10 @@ NOTEBOOKS = (
     "05_equalization_losses",
     "06_feature_space_augmentation",
     "07_ohem",
+    "08_your_method",
 )
+#: The notebook that compares your method with the baselines (ltbench.compare): a comparison, not a paper.
+COMPARISON_NOTEBOOK = "08_your_method"
 
 DEFAULT_PROFILE = "quick"
 
@@ -134,6 +137,8 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         # FSA phase II and cRT shortened to a few steps.
         "06_feature_space_augmentation": _with(_SMOKE, fsa_iterations=4, fsa_batch_size=32, crt_epochs=1),
         "07_ohem": _with(_SMOKE, keep_ratios=[0.25, 0.5, 0.7]),
+        # Your method against the profile's own baselines, read from its run store (ltbench.compare).
+        "08_your_method": {"store_dir": "../results/smoke"},
     },
     "quick": {
         "*": {"device": "auto", "seeds": [0]},
@@ -155,6 +160,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "06_feature_space_augmentation": _with(_QUICK, backbones=["resnet32"], fsa_iterations=100, fsa_batch_size=128,
                                                crt_epochs=4),
         "07_ohem": _with(_QUICK, keep_ratios=[0.25, 0.5]),
+        "08_your_method": {"store_dir": "../results/quick"},
     },
     "cpu": {
         # The papers' data and recipe shape, compressed to CPU_EPOCHS (warm-up, lr steps, DRW/DRS at
@@ -175,6 +181,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "06_feature_space_augmentation": _with(_CPU, backbones=["resnet32"], fsa_iterations=CPU_FSA_ITERATIONS,
                                                fsa_batch_size=128, crt_epochs=CPU_STAGE2_EPOCHS),
         "07_ohem": _with(_CPU, keep_ratios=[0.25, 0.5, 0.7]),
+        "08_your_method": {"store_dir": "../results/cpu"},
     },
     "paper": {
         "*": {"device": "auto", "seeds": [0, 1, 2]},
@@ -189,6 +196,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "06_feature_space_augmentation": _with(_PAPER, backbones=["resnet32", "resnet18_cifar"], fsa_iterations=6400,
                                                crt_epochs=30),
         "07_ohem": _with(_PAPER, keep_ratios=[0.25, 0.5, 0.7]),
+        "08_your_method": {"store_dir": "../results/paper"},
     },
 }
 

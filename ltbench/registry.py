@@ -14,7 +14,8 @@ class Registry(Generic[T]):
     ``@REG.register("name")`` registers a factory in one line; ``REG.get(name)`` returns it or
     raises a ``ValueError`` that names the parameter, the value given and every valid name. A
     reference ``"path/file.py:Name"`` or ``"module:Name"`` names a factory outside the package
-    (:mod:`ltbench.plugins`), loaded on first use.
+    (:mod:`ltbench.plugins`), loaded on first use; a name it does not know first runs the
+    installed ``ltbench.plugins`` entry points, which may register it.
     """
 
     def __init__(self, kind: str, param: str = "name") -> None:
@@ -30,6 +31,7 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = fn
+            plugins.note_external(name, fn)
             return fn
 
         return deco
@@ -42,6 +44,8 @@ class Registry(Generic[T]):
                                           f"not a class or function that builds a {self.kind}")
             return factory
         if name not in self._items:
+            plugins.load_entry_points()
+        if name not in self._items:
             raise ValueError(
                 f"unknown {self.kind}: {self.param}={name!r}; valid {self.kind} names: "
                 f"{', '.join(sorted(self._items))}"
@@ -52,9 +56,12 @@ class Registry(Generic[T]):
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
+        plugins.load_entry_points()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            plugins.load_entry_points()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 from ltbench.io import atomic_write_text
 from ltbench.budget import budget_frame, plot_budget
 from ltbench.plotting import PUBLISHED_COLOR, SHOT_COLORS, SHOT_MARKERS, ir_colors, is_baseline, new_figure, save, style
+from ltbench.profiles import COMPARISON_NOTEBOOK
 from ltbench.provenance import code_version as run_code_version
 from ltbench.published import CAVEATS, ROWS, published, source
 from ltbench.runner import MARKER
@@ -496,9 +497,15 @@ def reproduction_status(df: "pd.DataFrame", summary: "pd.DataFrame", root: Optio
     lines = []
     papers = list(dict.fromkeys(df["paper"]))
     n_paper = 0
-    for paper in papers:
+    for paper in list(papers):
         d = df[df["paper"] == paper]
         notebooks = ", ".join(sorted({str(nb)[:2] for nb in d["notebook"] if nb}))
+        if set(d["notebook"]) == {COMPARISON_NOTEBOOK}:  # your method beside baselines the papers' lines count
+            papers.remove(paper)
+            runs = ", ".join(f"{_n(len(g), 'run')} of `{p}`" for p, g in d.groupby("profile", sort=False))
+            lines.append(f"- **{paper}** (notebook {notebooks}): a comparison with the baselines, not a paper's "
+                         f"reproduction ({runs}).{_conclusions(root, d)}")
+            continue
         cells = _published_cells(d["published_method"])
         at_scale = summary[(summary["paper"] == paper) & (summary["profile"] == PAPER_PROFILE)]
         other = d[d["profile"] != PAPER_PROFILE]

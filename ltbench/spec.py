@@ -9,6 +9,7 @@ Import from :mod:`ltbench.runs` (or ``ltbench``), which guarantees the built-ins
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -217,10 +218,16 @@ class Method:
 
 
 class MethodRegistry:
-    """Method name -> :class:`Method`, with listing and errors naming every valid method."""
+    """Method name -> :class:`Method`, with listing and errors naming every valid method.
+
+    A reference ``"path/file.py:Name"`` or ``"module:Name"`` names a method outside the package
+    (:func:`method_from_reference`); a name it does not know first runs the installed
+    ``ltbench.plugins`` entry points (:func:`ltbench.plugins.load_entry_points`).
+    """
 
     def __init__(self) -> None:
         self._items: Dict[str, Method] = {}
+        self._references: Dict[str, Method] = {}
 
     def register(self, method: Method) -> Method:
         if not isinstance(method, Method):
@@ -231,14 +238,23 @@ class MethodRegistry:
             raise ValueError(f"method {method.name!r}: trainer must be a Trainer subclass, got {method.trainer!r}")
         self._items[method.name] = method
         CONFIG_METHODS.setdefault(method.config_cls, []).append(method.name)
+        plugins.note_external(method.name, method.trainer)
         return method
 
     def get(self, name: str) -> Method:
+        if isinstance(name, str) and name not in self._items and plugins.is_reference(name):
+            if name not in self._references:
+                self._references[name] = method_from_reference(name)
+            return self._references[name]
+        if isinstance(name, str) and name not in self._items:
+            plugins.load_entry_points()
         if not isinstance(name, str) or name not in self._items:
-            raise ValueError(f"unknown method: method={name!r}; valid methods: {', '.join(self.names())}")
+            raise ValueError(f"unknown method: method={name!r}; valid methods: {', '.join(self.names())}, or a "
+                             "reference '<file.py or module>:<Name>' to a Method or a Trainer subclass")
         return self._items[name]
 
     def names(self) -> List[str]:
+        plugins.load_entry_points()
         return sorted(self._items)
 
     def values(self) -> List[Method]:
@@ -261,6 +277,34 @@ class MethodRegistry:
 
 #: The method registry; the built-in methods are registered by :mod:`ltbench.methods`.
 METHODS = MethodRegistry()
+
+#: Trainer.__init__'s own arguments; a Trainer subclass's further keyword arguments are its parameters.
+_TRAINER_ARGS = ("self", "cfg", "data", "progress")
+
+
+def method_from_reference(ref: str) -> Method:
+    """The method that ``ref`` names: a :class:`Method` (used as it is, renamed to ``ref``) or a
+    :class:`~ltbench.engine.Trainer` subclass, which trains a TrainConfig and whose keyword
+    arguments with defaults are the method's parameters; its checkpoint is taken to hold one
+    ordinary network (a stage-1 run for cRT, ...) unless the class sets ``WHOLE_NETWORK = False``.
+    The run's key holds ``ref``."""
+    obj = plugins.load(ref)
+    if isinstance(obj, Method):
+        return Method(**{**{f: getattr(obj, f) for f in obj.__dataclass_fields__}, "name": ref})
+    if not (isinstance(obj, type) and issubclass(obj, Trainer)):
+        raise plugins.PluginError(f"method={ref!r} is a {type(obj).__name__}, not a ltbench.runs.Method or a "
+                                  "ltbench.engine.Trainer subclass (a loss goes in loss=..., not method=...)")
+    params: Dict[str, Any] = {}
+    for p in inspect.signature(obj.__init__).parameters.values():
+        if p.name in _TRAINER_ARGS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.default is p.empty:
+            raise plugins.PluginError(f"method={ref!r}: {obj.__name__}.__init__ parameter {p.name!r} has no "
+                                      "default; give every method parameter a default (it is set per run)")
+        params[p.name] = p.default
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return Method(name=ref, description=doc[0] if doc else f"{obj.__name__} ({ref})", config_cls=TrainConfig,
+                  trainer=obj, params=params, whole_network=bool(getattr(obj, "WHOLE_NETWORK", True)))
 
 
 def register_method(method: Method) -> Method:
@@ -332,7 +376,7 @@ COMPILE_MIN_IMAGE_PASSES = 100_000
 
 def _plugin_record(spec: Optional[RunSpec]) -> Dict[str, Any]:
     """``{"plugins": {reference: source digest}}`` for a run that names code outside the package."""
-    found = plugins.digests(spec.config) if spec is not None else {}
+    found = plugins.digests(spec.config, spec.method) if spec is not None else {}
     return {"plugins": found} if found else {}
 
 

@@ -52,7 +52,7 @@ def _bad(tmp_path: Path, body: str) -> str:
 
 
 @pytest.mark.parametrize("method, params, match", [
-    ("logit_adjustment", {}, "name your loss as '<file.py or module>:<Name>'"),
+    ("logit_adjustment", {}, "name your loss or Trainer subclass as '<file.py or module>:<Name>'"),
     ("examples/missing.py:X", {}, "file not found; looked for"),
     ("examples/logit_adjustment.py:Missing", {}, "has no 'Missing'; it defines: .*LogitAdjustedLoss"),
     ("no_such_module_xyz:Loss", {}, "module 'no_such_module_xyz' not found"),
@@ -87,7 +87,8 @@ def test_a_loss_by_reference_is_a_run_whose_key_names_it_and_its_parameters(tmp_
     store = RunStore(tmp_path / "store")
     first = run(a, store, ExecOptions(device="cpu", progress=False, compile=False))
     record = json.loads((store.folder(a) / "metrics.json").read_text())["execution"]["plugins"]
-    assert record == {ref: plugins.source_digest(ref)}
+    # the loss's source, and the tiny model's, which test_fastpath registers from outside the package
+    assert record == {ref: plugins.source_digest(ref), "tiny_cifar": plugins.source_digest("tiny_cifar")}
     capsys.readouterr()
     assert run(a, store).top1_last == first.top1_last  # reused, silently while the source is the same
     assert "source changed" not in capsys.readouterr().err
@@ -121,7 +122,10 @@ def test_compare_on_smoke_trains_only_the_users_runs_and_loads_the_baselines(tmp
             assert (runs / k / "metrics.json").stat().st_mtime_ns == before[k]
     after = {p.parent.name for p in runs.glob("*/metrics.json")}
     assert after - set(before) == set(record["user_runs"])
-    assert len(record["verdicts"]) == len(record["baselines"]) and "points" in record["verdicts"][0]
+    # the example's published gain first (declared on its class; IR100, so context on the smoke IR10), then one per baseline
+    assert len(record["verdicts"]) == len(record["baselines"]) + 1 and "points" in record["verdicts"][1]
+    assert record["verdicts"][0].startswith("Published (official code README") and "context, not checked" in \
+        record["verdicts"][0]
     md = (results / "smoke" / "compare" / "LogitAdjustedLoss" / "comparison.md").read_text()
     assert "| LogitAdjustedLoss" in md and "| CE" in md
     assert (results / "smoke" / "compare" / "LogitAdjustedLoss" / "per_class_vs_count.png").is_file()
@@ -150,3 +154,173 @@ def test_the_harvest_queues_the_examples_right_after_the_cpu_tiers_0_1(tmp_path)
     ce, ours = baselines["CE"][0].config, mine[0].config
     assert {k for k in set(ce) | set(ours) if ce.get(k) != ours.get(k)} == {"loss", "loss_params"}
     assert ours["loss"] == LA and ours["loss_params"] == {"tau": 1.0}
+
+
+STEP_METHOD = '''import torch
+from ltbench.engine import Trainer
+
+
+class LogitAdjustedStep(Trainer):
+    """Logit-adjusted CE as a training step: tau * log(prior) added to the logits."""
+
+    def __init__(self, cfg, data=None, progress=True, tau: float = 1.0):
+        super().__init__(cfg, data, progress)
+        counts = torch.tensor(self.counts, dtype=torch.float32, device=self.device)
+        self.shift = tau * (counts / counts.sum()).log()
+
+    def step_loss(self, x, y, *, mask=None):
+        with self.autocast():
+            logits = self.forward(x)
+        return self.criterion(logits.float() + self.shift, y, mask)
+'''
+
+
+def test_a_training_step_method_by_reference_is_a_run_with_its_parameters(tmp_path):
+    from ltbench.runs import METHODS, make_spec
+
+    src = tmp_path / "my_step.py"
+    src.write_text(STEP_METHOD)
+    ref = f"{src}:LogitAdjustedStep"
+    m = METHODS.get(ref)
+    assert m.name == ref and m.params == {"tau": 1.0} and m.whole_network
+    a, b = make_spec(ref, TrainConfig(**SYN)), make_spec(ref, TrainConfig(**SYN), tau=0.0)
+    assert a.key != b.key and a.method == ref and b.params == {"tau": 0.0}
+    with pytest.raises(ValueError, match=r"does not take parameter\(s\) \['taux'\]; its parameters: tau"):
+        make_spec(ref, TrainConfig(**SYN), taux=1.0)
+    store, opts = RunStore(tmp_path / "store"), ExecOptions(device="cpu", progress=False, compile=False)
+    # tau = 0 adds nothing to the logits: the run is the plain CE run, number for number.
+    plain = run(joint_spec(TrainConfig(**SYN)), store, opts)
+    zero = run(b, store, opts)
+    assert zero.history == plain.history and zero.last.per_class == plain.last.per_class
+    shifted = run(a, store, opts)
+    assert shifted.history != plain.history
+    record = json.loads((store.folder(a) / "metrics.json").read_text())["execution"]["plugins"]
+    assert record[ref] == plugins.source_digest(ref) is not None
+    # compare takes it as well: the CE recipe trained by the method, its parameters checked up front.
+    check_method(ref, {"tau": 0.5})
+    with pytest.raises(ConfigError, match=r"does not take parameter\(s\) \['taux'\]"):
+        check_method(ref, {"taux": 0.5})
+
+
+@pytest.mark.parametrize("body, match", [
+    ("x = 1", "is a int, not a ltbench.runs.Method or a ltbench.engine.Trainer subclass"),
+    ("from ltbench.engine import Trainer\n\n\nclass x(Trainer):\n    def __init__(self, cfg, k, **kw):\n"
+     "        super().__init__(cfg, **kw)\n", "parameter 'k' has no default"),
+])
+def test_a_bad_training_step_method_is_refused_naming_the_problem(tmp_path, body, match):
+    from ltbench.runs import make_spec
+
+    src = tmp_path / "bad_step.py"
+    src.write_text(body + "\n")
+    with pytest.raises(plugins.PluginError, match=match):
+        make_spec(f"{src}:x", TrainConfig(**SYN))
+
+
+ENTRY_POINT_PLUGIN = '''import torch.nn.functional as F
+from ltbench.losses import LossBase, register_loss
+
+
+class Doubled(LossBase):
+    def compute(self, z, y, mask=None):
+        return 2 * F.cross_entropy(z, y)
+
+
+def register():
+    register_loss("doubled_ce_ep_test")(Doubled)
+'''
+
+
+def _install(tmp_path: Path, monkeypatch, dist: str, source: str, entry: str) -> None:
+    """A distribution ``dist`` as pip installs it (its module and its metadata folder on sys.path)
+    declaring ``entry`` in the ``ltbench.plugins`` group; the process forgets the entry points it ran."""
+    (tmp_path / f"{dist}.py").write_text(source)
+    info = tmp_path / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[ltbench.plugins]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_ENTRY_POINTS_DONE", False)
+    monkeypatch.setattr(plugins, "_ENTRY_POINTS_LOADED", [])
+
+
+def test_an_entry_point_registers_names_that_runs_use_and_record(tmp_path, monkeypatch):
+    """A package declaring ``[project.entry-points."ltbench.plugins"]`` registers its loss on the
+    first lookup of a name the registry does not know."""
+    _install(tmp_path, monkeypatch, "myplug", ENTRY_POINT_PLUGIN, "myplug = myplug:register")
+    from ltbench.losses import LOSSES
+
+    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))  # the test's registration does not leak
+    monkeypatch.setattr(plugins, "_EXTERNAL", {})
+    z, y = torch.tensor([[100.0, -100.0]]), torch.tensor([1])
+    assert build_loss("doubled_ce_ep_test", [3, 1])(z, y).item() == pytest.approx(400.0)
+    assert plugins.load_entry_points() == ["myplug"] and "doubled_ce_ep_test" in LOSSES.names()
+    cfg = TrainConfig(**SYN, loss="doubled_ce_ep_test")
+    assert plugins.digests(cfg.to_dict()) == {
+        "doubled_ce_ep_test": plugins.source_digest("doubled_ce_ep_test")} and plugins.source_digest(
+        "doubled_ce_ep_test") is not None
+    assert plugins.digests(TrainConfig(**SYN).to_dict()) == {}  # built-in names record nothing
+
+
+def test_a_broken_entry_point_names_itself(tmp_path, monkeypatch):
+    _install(tmp_path, monkeypatch, "brokenplug", "def register():\n    raise RuntimeError('no GPU here')\n",
+             "broken = brokenplug:register")
+    with pytest.raises(plugins.PluginError, match=r"entry point 'broken' = 'brokenplug:register' of brokenplug "
+                                                   r"\(group 'ltbench.plugins'\): calling it failed: RuntimeError: no GPU"):
+        build_loss("no_such_loss_anywhere", [3, 1])
+
+
+USER_SAMPLER = '''from typing import Optional
+
+import torch
+from ltbench.samplers import ClassLevelSampler
+
+
+class PowerSampler(ClassLevelSampler):
+    """P_c proportional to n_c ** q."""
+
+    name = "power"
+
+    def __init__(self, labels, *, q: float = 0.5, **options):
+        super().__init__(labels, **options)
+        self.q = float(q)
+
+    def class_probabilities(self, epoch: Optional[int] = None) -> torch.Tensor:
+        self._resolve_epoch(epoch)
+        w = self.class_counts.to(torch.float64) ** self.q
+        return w / w.sum()
+'''
+
+
+def test_a_sampler_by_reference_is_a_sampler_like_a_built_in(tmp_path):
+    from ltbench.samplers import build_sampler
+
+    src = tmp_path / "my_sampler.py"
+    src.write_text(USER_SAMPLER)
+    ref = f"{src}:PowerSampler"
+    labels = torch.tensor([0] * 40 + [1] * 10 + [2] * 4)
+    mine, builtin = build_sampler(ref, labels, seed=3, q=0.5), build_sampler("square_root", labels, seed=3)
+    assert torch.allclose(mine.class_probabilities(0), builtin.class_probabilities(0))
+    assert torch.equal(torch.tensor(list(mine)), torch.tensor(list(builtin)))  # same draws from the same seed
+    with pytest.raises(ValueError, match="q"):
+        build_sampler(ref, labels, qq=1.0)
+    a = joint_spec(TrainConfig(**SYN, sampler=ref, sampler_params={"q": 0.5}))
+    b = joint_spec(TrainConfig(**SYN, sampler=ref, sampler_params={"q": 1.0}))
+    assert a.key != b.key and a.config["sampler"] == ref
+    assert plugins.digests(a.config)[ref] == plugins.source_digest(ref)
+
+
+def test_the_published_claim_follows_the_notebooks_rule():
+    from types import SimpleNamespace as NS
+
+    from ltbench.compare import published_claim
+
+    def res(*top1):
+        return [NS(last=NS(top1=t)) for t in top1]
+
+    cell = ("cifar10", 100.0)  # LA declares 77.89 against 71.36 there: +6.53
+    line = lambda ours, ce: published_claim("LA", LA, cell, {"LA": res(*ours), "CE": res(*ce)})  # noqa: E731
+    assert "a gain of +6.53 points" in line([70.0], [60.0]) and line([70.0], [60.0]).endswith("→ the claim holds.")
+    assert "+2.00 (2 seeds) → the claim holds in part (positive, under half" in line([62.0, 64.0], [60.0, 62.0])
+    assert line([59.0], [60.0]).endswith("-1.00 (1 seed) → the claim does not hold.")
+    assert "context, not checked" in published_claim("BS", BS, cell, {"BS": res(70.0), "CE": res(60.0)})  # IR200
+    assert published_claim("x", "examples/logit_adjustment.py:LogitAdjustedLoss", cell, {"x": res(1.0)}) is None

@@ -182,6 +182,35 @@ def test_only_rank_zero_wrote_and_a_finished_run_is_not_retrained(runs):
     assert str(run_dir) in again.stdout  # it reports the run's folder in the store
 
 
+
+def test_a_loss_by_reference_trains_under_ddp_as_in_one_process(tmp_path):
+    """Each rank imports the user's loss file again from its reference (issue 24): 2 processes
+    equal 1, and both record the file's digest."""
+    from ltbench import plugins
+
+    _write_dataset(tmp_path / "data")
+    cfg_path = _config(tmp_path)
+    ref = "examples/logit_adjustment.py:LogitAdjustedLoss"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"].update(loss=ref, loss_params={"tau": 1.0}, epochs=1)
+    cfg_path.write_text(json.dumps(cfg))
+    single = subprocess.run([sys.executable, "-m", "ltbench.train", "--config", str(cfg_path), "--no-progress",
+                             "--set", f"out_dir={tmp_path / 'single'}"], env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "ltbench.train", "--config", str(cfg_path), "--no-progress", "--set",
+                          f"out_dir={tmp_path / 'ddp'}"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, (ddp.stdout + ddp.stderr)[-4000:]
+    a, b = (json.loads((_run_dir(tmp_path, s) / "metrics.json").read_text()) for s in ("single", "ddp"))
+    assert a["spec"]["config"]["loss"] == ref and a["key"] == b["key"]
+    assert b["execution"]["launcher"]["world_size"] == 2
+    assert a["execution"]["plugins"] == b["execution"]["plugins"] == {ref: plugins.source_digest(ref)}
+    assert b["per_class"] == pytest.approx(a["per_class"], abs=1e-9)
+    ca, cb = (torch.load(_run_dir(tmp_path, s) / "checkpoint.pt", weights_only=True) for s in ("single", "ddp"))
+    for k, v in ca["model"].items():
+        torch.testing.assert_close(cb["model"][k], v, rtol=1e-5, atol=1e-5, msg=k)
+
 @pytest.mark.parametrize("name", STATEFUL)
 def test_stateful_loss_statistics_identical_across_ranks(runs, name):
     """After each step every rank holds the same state, equal to the shared start plus the sum of
