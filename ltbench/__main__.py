@@ -137,7 +137,7 @@ def _add_compare(sub: Any) -> None:
                      help="your loss: 'path/to/file.py:ClassName' or 'module:ClassName' (a LossBase subclass)")
     cmp.add_argument("--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                      help="your loss's constructor arguments (e.g. --param tau=1.0); part of the runs' identity")
-    cmp.add_argument("--name", default=None, help="its name in the table (default: the class name)")
+    cmp.add_argument("--name", default=None, help="its name in the table (default: the class name with the parameters)")
     cmp.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile ({', '.join(PROFILES)})")
     cmp.add_argument("--seeds", type=int, metavar="N", help="seeds=list(range(N)) (default: the profile's)")
     cmp.add_argument("--results", default="results", metavar="DIR", help="results folder (default results)")

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .comparison import BASELINES, check_method, missing_baselines, planned_runs, train_comparison  # noqa: F401
+from .comparison import (BASELINES, check_method, default_name, missing_baselines, planned_runs,  # noqa: F401
+                         train_comparison)
 from .engine import TrainResult
 from .experiments import PlannedRun
 from .io import atomic_write_json, atomic_write_text
@@ -118,7 +119,7 @@ def compare(method: str, params: Optional[Mapping[str, Any]] = None, profile: st
     """Train your loss ``method`` (with ``params``) on the profile's CE recipe, compare it with the
     profile's baselines from the store and write the result (see the module's docstring)."""
     params = dict(params or {})
-    name = name or method.rpartition(":")[2]
+    name = name or default_name(method, params)
     cell, baselines, mine, results, trained = train_comparison(
         method, params, profile, seeds, results_dir, notebooks_dir, train_baselines, device, verbose, deadline,
         compile, name)

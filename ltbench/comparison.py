@@ -23,7 +23,7 @@ from .plugins import PluginError, is_reference, load
 from .profiles import COMPARISON_NOTEBOOK
 from .runs import DONE, METHODS, ExecOptions, Method, RunSpec, RunStore, make_spec, run
 
-__all__ = ["BASELINES", "BASELINE_NOTEBOOKS", "NOTEBOOK", "check_method", "is_step_method", "comparison_cell",
+__all__ = ["BASELINES", "BASELINE_NOTEBOOKS", "NOTEBOOK", "default_name", "check_method", "is_step_method", "comparison_cell",
            "find_baselines", "user_specs", "plan_comparison", "planned_runs", "missing_baselines", "train_comparison"]
 
 #: The baselines of a comparison: label -> published row of the plan's runs (ltbench.published).
@@ -43,13 +43,20 @@ BASELINE_NOTEBOOKS = ["01", "02", "03", "04"]
 NOTEBOOK, USER_TIER = COMPARISON_NOTEBOOK, 2
 
 
+def default_name(method: str, params: Mapping[str, Any]) -> str:
+    """The label of your runs (and the folder of the comparison) when none is given: the class
+    name, with the parameters, so that two settings never write over each other's results."""
+    base = method.rpartition(":")[2]
+    return f"{base} ({', '.join(f'{k}={v!r}' for k, v in sorted(params.items()))})" if params else base
+
+
 def planned_runs(method: str, params: Mapping[str, Any], profile: str, seeds: Optional[int] = None,
                  notebooks_dir: Union[str, Path] = "notebooks", name: Optional[str] = None,
                  overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Tuple[str, float], List[PlannedRun]]:
     """(the compared cell, the comparison's runs as a notebook plans them): your runs labelled
     ``name`` (tier :data:`USER_TIER`), then each baseline's runs labelled as in :data:`BASELINES`,
     all in notebook :data:`NOTEBOOK` (:func:`ltbench.experiments.materialize` gets them)."""
-    name = name or method.rpartition(":")[2]
+    name = name or default_name(method, params)
     cell, baselines, mine = plan_comparison(method, params, profile, seeds, notebooks_dir, overrides)
     paper = f"Your method ({method})"
     out = [PlannedRun(s, name, USER_TIER, NOTEBOOK, paper, "comparison") for s in mine]

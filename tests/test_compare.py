@@ -114,7 +114,8 @@ def test_compare_on_smoke_trains_only_the_users_runs_and_loads_the_baselines(tmp
                           "--results", str(results), "--device", "cpu"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
-    record = json.loads((results / "smoke" / "compare" / "LogitAdjustedLoss" / "comparison.json").read_text())
+    folder = results / "smoke" / "compare" / "LogitAdjustedLoss_tau_1.0"  # the class and its parameters
+    record = json.loads((folder / "comparison.json").read_text())
     assert record["trained"] == record["user_runs"] and len(record["user_runs"]) == 1
     assert {"CE", "LDAM-DRW", "cRT", "BBN"} <= set(record["baselines"])
     for keys in record["baselines"].values():  # every baseline was in the store and was loaded, not rewritten
@@ -126,9 +127,9 @@ def test_compare_on_smoke_trains_only_the_users_runs_and_loads_the_baselines(tmp
     assert len(record["verdicts"]) == len(record["baselines"]) + 1 and "points" in record["verdicts"][1]
     assert record["verdicts"][0].startswith("Published (official code README") and "context, not checked" in \
         record["verdicts"][0]
-    md = (results / "smoke" / "compare" / "LogitAdjustedLoss" / "comparison.md").read_text()
-    assert "| LogitAdjustedLoss" in md and "| CE" in md
-    assert (results / "smoke" / "compare" / "LogitAdjustedLoss" / "per_class_vs_count.png").is_file()
+    md = (folder / "comparison.md").read_text()
+    assert "| LogitAdjustedLoss (tau=1.0)" in md and "| CE" in md
+    assert (folder / "per_class_vs_count.png").is_file()
     # A second compare trains nothing.
     again = subprocess.run(out.args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "compare: trained" not in again.stdout
