@@ -128,15 +128,18 @@ def _add_report_import_profiles(sub: Any) -> None:
 
 def _add_compare(sub: Any) -> None:
     cmp = sub.add_parser(
-        "compare", help="your loss against the baselines (CE, CB focal, LDAM-DRW, cRT, BBN) from the store",
-        description="Train your loss (a class in your own file or module) on the profile's CE recipe and seeds, "
+        "compare", help="your loss or training step against the baselines (CE, CB focal, LDAM-DRW, cRT, BBN) "
+        "from the store",
+        description="Train your loss, or your Trainer subclass (a class in your own file or module), on the "
+        "profile's CE recipe and seeds, "
         "load the profile's baselines from its store (never retrained unless --train-baselines) and write the "
         "table, the per-class figure and a verdict per baseline to RESULTS/<profile>/compare/<name>/ "
         "(docs/your_method.md).")
     cmp.add_argument("--method", required=True, metavar="FILE.py:NAME",
-                     help="your loss: 'path/to/file.py:ClassName' or 'module:ClassName' (a LossBase subclass)")
+                     help="your method: 'path/to/file.py:ClassName' or 'module:ClassName' (a LossBase subclass, "
+                     "or a Trainer subclass for a training step)")
     cmp.add_argument("--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                     help="your loss's constructor arguments (e.g. --param tau=1.0); part of the runs' identity")
+                     help="its constructor arguments (e.g. --param tau=1.0); part of the runs' identity")
     cmp.add_argument("--name", default=None, help="its name in the table (default: the class name with the parameters)")
     cmp.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile ({', '.join(PROFILES)})")
     cmp.add_argument("--seeds", type=int, metavar="N", help="seeds=list(range(N)) (default: the profile's)")
