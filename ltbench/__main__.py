@@ -155,7 +155,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True,
                             metavar="{plan,execute,run,report,import,methods,profiles,compare}")
     _add_plan_execute(sub)
-    sub.add_parser("methods", help="list the registered training methods (one line each)")
+    listing = sub.add_parser("methods", help="list the registered training methods, or losses, samplers, models, "
+                             "schedules (one line each, with what installed plugins register)")
+    listing.add_argument("kind", nargs="?", default="methods", choices=["methods", "losses", "samplers", "models",
+                                                                         "schedules"])
     _add_run(sub)
     _add_report_import_profiles(sub)
     _add_compare(sub)
@@ -217,9 +220,15 @@ def _cmd_execute(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
+    from ltbench.losses import LOSSES
+    from ltbench.models import MODELS
     from ltbench.runs import METHODS
+    from ltbench.samplers import SAMPLERS
+    from ltbench.schedules import SCHEDULES
 
-    print("\n".join(METHODS.table()))
+    registry = {"methods": METHODS, "losses": LOSSES, "samplers": SAMPLERS, "models": MODELS,
+                "schedules": SCHEDULES}[args.kind]
+    print("\n".join(registry.table()))
     return 0
 
 

@@ -59,6 +59,18 @@ class Registry(Generic[T]):
         plugins.load_entry_points()
         return sorted(self._items)
 
+    def table(self) -> list[str]:
+        """One line per name: the name, where it is defined (for a name registered from outside
+        the package) and the first paragraph of its factory's docstring, cut at 100 characters."""
+        rows = []
+        for name in self.names():
+            fn = self._items[name]
+            first = " ".join((getattr(fn, "__doc__", None) or "").strip().split("\n\n")[0].split())
+            where = f" [{fn.__module__}]" if plugins.is_external(fn) else ""
+            rows.append((name + where, first if len(first) <= 100 else first[:99] + "…"))
+        width = max((len(n) for n, _ in rows), default=0)
+        return [f"{n:<{width}}  {d}".rstrip() for n, d in rows]
+
     def __contains__(self, name: object) -> bool:
         if name not in self._items:
             plugins.load_entry_points()

@@ -255,6 +255,10 @@ def test_an_entry_point_registers_names_that_runs_use_and_record(tmp_path, monke
     z, y = torch.tensor([[100.0, -100.0]]), torch.tensor([1])
     assert build_loss("doubled_ce_ep_test", [3, 1])(z, y).item() == pytest.approx(400.0)
     assert plugins.load_entry_points() == ["myplug"] and "doubled_ce_ep_test" in LOSSES.names()
+    # the listing (python -m ltbench methods losses) names it with the module that registered it
+    assert [line for line in LOSSES.table() if line.startswith("doubled_ce_ep_test")] == [
+        "doubled_ce_ep_test [myplug]"]
+    assert any(line.startswith("ce ") and "Softmax cross-entropy" in line for line in LOSSES.table())
     cfg = TrainConfig(**SYN, loss="doubled_ce_ep_test")
     assert plugins.digests(cfg.to_dict()) == {
         "doubled_ce_ep_test": plugins.source_digest("doubled_ce_ep_test")} and plugins.source_digest(
