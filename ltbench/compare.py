@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .comparison import (BASELINES, check_method, default_name, missing_baselines, planned_runs,  # noqa: F401
-                         train_comparison)
+                         published_of, train_comparison)
 from .engine import TrainResult
 from .experiments import PlannedRun
 from .io import atomic_write_json, atomic_write_text
 from .plotting import new_figure, save, style
-from .plugins import load
 from .runs import DONE, RunStore
 from .text import fmt, fmt_mean_std, markdown_table, verdict
 
@@ -137,22 +136,6 @@ def grouped(planned: Sequence[PlannedRun], results: Sequence[TrainResult]
         by_label.setdefault(r.label, []).append(res)
         keys.setdefault(r.label, []).append(r.spec.key)
     return by_label, keys
-
-
-#: The fields of a method's ``PUBLISHED`` attribute (its published number and its own baseline's).
-PUBLISHED_FIELDS = ("source", "dataset", "imbalance_ratio", "top1", "baseline_top1")
-
-
-def published_of(method: str) -> Optional[Dict[str, Any]]:
-    """The ``PUBLISHED`` dict a method's class declares (:data:`PUBLISHED_FIELDS`), or None; a
-    malformed one is a ValueError naming what is missing."""
-    pub = getattr(load(method), "PUBLISHED", None)
-    if pub is None:
-        return None
-    missing = [f for f in PUBLISHED_FIELDS if not isinstance(pub, Mapping) or f not in pub]
-    if missing:
-        raise ValueError(f"{method}: PUBLISHED must be a dict with {', '.join(PUBLISHED_FIELDS)}; missing {missing}")
-    return dict(pub)
 
 
 def published_claim(name: str, method: str, cell: Tuple[str, float],

@@ -23,8 +23,9 @@ from .plugins import PluginError, is_reference, load
 from .profiles import COMPARISON_NOTEBOOK
 from .runs import DONE, METHODS, ExecOptions, Method, RunSpec, RunStore, make_spec, run
 
-__all__ = ["BASELINES", "BASELINE_NOTEBOOKS", "NOTEBOOK", "default_name", "check_method", "is_step_method", "comparison_cell",
-           "find_baselines", "user_specs", "plan_comparison", "planned_runs", "missing_baselines", "train_comparison"]
+__all__ = ["BASELINES", "BASELINE_NOTEBOOKS", "NOTEBOOK", "PUBLISHED_FIELDS", "default_name", "check_method",
+           "is_step_method", "published_of", "comparison_cell", "find_baselines", "user_specs", "plan_comparison",
+           "planned_runs", "missing_baselines", "train_comparison"]
 
 #: The baselines of a comparison: label -> published row of the plan's runs (ltbench.published).
 BASELINES: Dict[str, str] = {
@@ -83,6 +84,26 @@ def is_step_method(method: str) -> bool:
     return isinstance(obj, Method) or (isinstance(obj, type) and issubclass(obj, Trainer))
 
 
+#: The fields of a method's ``PUBLISHED`` attribute (its published number and its own baseline's).
+PUBLISHED_FIELDS = ("source", "dataset", "imbalance_ratio", "top1", "baseline_top1")
+
+
+def published_of(method: str) -> Optional[Dict[str, Any]]:
+    """The ``PUBLISHED`` dict a method's class declares (:data:`PUBLISHED_FIELDS`), or None; a
+    malformed one is a ValueError naming what is missing."""
+    pub = getattr(load(method), "PUBLISHED", None)
+    if pub is None:
+        return None
+    missing = [f for f in PUBLISHED_FIELDS if not isinstance(pub, Mapping) or f not in pub]
+    if missing:
+        raise ValueError(f"PUBLISHED must be a dict with {', '.join(PUBLISHED_FIELDS)}; missing {missing}")
+    bad = [f"{f}={pub[f]!r}" for f in ("imbalance_ratio", "top1", "baseline_top1")
+           if isinstance(pub[f], bool) or not isinstance(pub[f], (int, float))]
+    if bad:
+        raise ValueError(f"PUBLISHED: {', '.join(bad)} must be numbers (top-1 in %, the imbalance ratio)")
+    return dict(pub)
+
+
 def check_method(method: str, params: Mapping[str, Any]) -> None:
     """Refuse a method that cannot train, before any work: not a reference, not importable, a
     constructor that does not take ``params``, a loss that is not a finite scalar, or a
@@ -98,6 +119,7 @@ def check_method(method: str, params: Mapping[str, Any]) -> None:
                                  f"{', '.join(METHODS.get(method).params) or 'none'}")
         else:
             check_loss(method, **dict(params))
+        published_of(method)
     except (PluginError, ValueError, TypeError) as exc:
         raise ConfigError(f"--method {method!r}: {exc}") from None
 

@@ -63,6 +63,18 @@ def test_a_bad_method_is_refused_before_training_naming_the_problem(tmp_path, me
         check_method(method, params)
 
 
+def test_a_malformed_published_number_is_refused_before_training(tmp_path):
+    f = tmp_path / "pub_loss.py"
+    src = (ROOT / "examples" / "logit_adjustment.py").read_text()
+    f.write_text(src.replace('"top1": 77.89', '"top1": "77.89"'))
+    with pytest.raises(ConfigError, match=r"PUBLISHED: top1='77.89' must be numbers"):
+        check_method(f"{f}:LogitAdjustedLoss", {})
+    g = tmp_path / "pub_loss_2.py"  # another file: a reference is imported once per process
+    g.write_text(src.replace('"baseline_top1": 71.36', '"baseline": 71.36'))
+    with pytest.raises(ConfigError, match=r"PUBLISHED must be a dict with source, .*; missing \['baseline_top1'\]"):
+        check_method(f"{g}:LogitAdjustedLoss", {})
+
+
 @pytest.mark.parametrize("body, match", [
     ("return torch.nn.functional.cross_entropy(z, y, reduction='none')", "must return a scalar tensor"),
     ("return z.sum() * float('nan')", "must be finite"),
