@@ -33,7 +33,7 @@ __all__ = ["is_reference", "load", "source_file", "source_digest", "references",
 
 #: The checkout (or site-packages folder) that holds the ltbench package.
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-_LOADED: Dict[str, Any] = {}
+_LOADED: Dict[str, Tuple[Any, Optional[str]]] = {}  # reference -> (object, digest of its file when loaded)
 #: The entry-point group whose functions register names (``[project.entry-points."ltbench.plugins"]``).
 ENTRY_POINT_GROUP = "ltbench.plugins"
 _ENTRY_POINTS_LOADED: List[str] = []
@@ -79,9 +79,11 @@ def _import(ref: str) -> Any:
     if path is not None:
         name = "ltbench_plugin_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         module = sys.modules.get(name)
-        if module is None:
+        digest = _file_digest(path)
+        if module is None or getattr(module, "__ltbench_digest__", None) != digest:  # new, or edited since
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
+            module.__ltbench_digest__ = digest
             sys.modules[name] = module  # before exec: dataclasses and pickling look the module up
             try:
                 spec.loader.exec_module(module)
@@ -100,11 +102,18 @@ def _import(ref: str) -> Any:
     return getattr(module, attr)
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def load(ref: str) -> Any:
-    """The object ``ref`` names (imported once per process)."""
-    if ref not in _LOADED:
-        _LOADED[ref] = _import(ref)
-    return _LOADED[ref]
+    """The object ``ref`` names: imported once per process, and again when its file changed since
+    (so what trains is always the source whose digest a run records)."""
+    path = source_file(ref) if ref not in _LOADED or _LOADED[ref][1] is not None else None
+    now = _file_digest(path) if path is not None else None
+    if ref not in _LOADED or _LOADED[ref][1] != now:
+        _LOADED[ref] = (_import(ref), now)
+    return _LOADED[ref][0]
 
 
 def load_entry_points() -> List[str]:
@@ -160,7 +169,7 @@ def source_digest(ref: str) -> Optional[str]:
     a name registered from outside the package; None if unknown)."""
     if not is_reference(ref):
         path = _EXTERNAL.get(ref)
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None and path.is_file() else None
+        return _file_digest(path) if path is not None and path.is_file() else None
     path = source_file(ref)
     if path is None:
         module = sys.modules.get(_split(ref)[0])
@@ -168,7 +177,7 @@ def source_digest(ref: str) -> Optional[str]:
         path = Path(file) if file else None
     if path is None or not path.is_file():
         return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return _file_digest(path)
 
 
 def references(config: Mapping[str, Any], method: Optional[str] = None) -> List[str]:

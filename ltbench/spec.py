@@ -227,7 +227,7 @@ class MethodRegistry:
 
     def __init__(self) -> None:
         self._items: Dict[str, Method] = {}
-        self._references: Dict[str, Method] = {}
+        self._references: Dict[str, Tuple[Any, Method]] = {}  # reference -> (object loaded, its Method)
 
     def register(self, method: Method) -> Method:
         if not isinstance(method, Method):
@@ -243,9 +243,10 @@ class MethodRegistry:
 
     def get(self, name: str) -> Method:
         if isinstance(name, str) and name not in self._items and plugins.is_reference(name):
-            if name not in self._references:
-                self._references[name] = method_from_reference(name)
-            return self._references[name]
+            cached = self._references.get(name)
+            if cached is None or cached[0] is not plugins.load(name):  # new, or its file was edited
+                self._references[name] = (plugins.load(name), method_from_reference(name))
+            return self._references[name][1]
         if isinstance(name, str) and name not in self._items:
             plugins.load_entry_points()
         if not isinstance(name, str) or name not in self._items:

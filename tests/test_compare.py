@@ -341,3 +341,27 @@ def test_the_published_claim_follows_the_notebooks_rule():
     assert line([59.0], [60.0]).endswith("-1.00 (1 seed) → the claim does not hold.")
     assert "context, not checked" in published_claim("BS", BS, cell, {"BS": res(70.0), "CE": res(60.0)})  # IR200
     assert published_claim("x", "examples/logit_adjustment.py:LogitAdjustedLoss", cell, {"x": res(1.0)}) is None
+
+
+def test_an_edited_file_is_imported_again_so_what_trains_is_what_is_recorded(tmp_path):
+    """In one process (a notebook kernel), an edit of the loss file is picked up by the next build,
+    and the digest recorded is the source that was built."""
+    from ltbench.runs import METHODS
+
+    f = tmp_path / "edited_loss.py"
+    f.write_text((ROOT / "examples" / "logit_adjustment.py").read_text())
+    ref = f"{f}:LogitAdjustedLoss"
+    z, y = torch.zeros(2, 3), torch.tensor([0, 2])
+    before = build_loss(ref, [10, 5, 1])(z, y).item()
+    first = plugins.load(ref)
+    assert plugins.load(ref) is first  # unchanged file: not imported again
+    f.write_text(f.read_text().replace("return per_sample.mean()", "return 3 * per_sample.mean()"))
+    assert plugins.load(ref) is not first
+    assert build_loss(ref, [10, 5, 1])(z, y).item() == pytest.approx(3 * before)
+    assert plugins.digests({"loss": ref})[ref] == plugins.source_digest(ref)
+    step = tmp_path / "edited_step.py"
+    step.write_text(STEP_METHOD)
+    sref = f"{step}:LogitAdjustedStep"
+    m1 = METHODS.get(sref)
+    step.write_text(STEP_METHOD.replace("tau: float = 1.0", "tau: float = 2.0"))
+    assert METHODS.get(sref) is not m1 and METHODS.get(sref).params == {"tau": 2.0}
