@@ -128,7 +128,7 @@ def _add_report_import_profiles(sub: Any) -> None:
 
 def _add_compare(sub: Any) -> None:
     cmp = sub.add_parser(
-        "compare", help="your loss or training step against the baselines (CE, CB focal, LDAM-DRW, cRT, BBN) "
+        "compare", help="your loss or training step against the baselines (CE, balanced CE, CB focal, LDAM-DRW, cRT, BBN) "
         "from the store",
         description="Train your loss, or your Trainer subclass (a class in your own file or module), on the "
         "profile's CE recipe and seeds, "

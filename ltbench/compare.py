@@ -4,9 +4,10 @@
 --profile cpu`` (docs/your_method.md):
 
 1. the loss is loaded and checked on a test batch before anything else (:func:`ltbench.losses.check_loss`);
-2. the baselines are the profile's own runs of CIFAR-10 IR100 (CE, CB focal, CE-DRW, LDAM-DRW, cRT,
-   BBN; the smoke profile's IR10), found in the profile's plan and loaded from its store, never
-   retrained: a missing one is named, with the command that trains it, unless ``train_baselines``;
+2. the baselines are the profile's own runs of CIFAR-10 IR100 (CE, balanced CE, CB focal, CE-DRW,
+   LDAM-DRW, cRT, BBN; the smoke profile's IR10), found in the profile's plan and loaded from its
+   store, never retrained: a missing one is named, with the command that trains it, unless
+   ``train_baselines``; balanced CE, which has no published number, is left out (and named) instead;
 3. your runs are the CE baseline's runs (same data, recipe and seeds) with the loss replaced, so
    the only difference is the loss; they are ordinary runs of the store (their key names the
    reference and its parameters) (:mod:`ltbench.comparison`);
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .comparison import (BASELINES, check_method, default_name, missing_baselines, planned_runs,  # noqa: F401
+from .comparison import (BASELINES, check_baselines, check_method, default_name, planned_runs,  # noqa: F401
                          published_of, train_comparison)
 from .engine import TrainResult
 from .experiments import PlannedRun
@@ -32,7 +33,7 @@ from .runs import DONE, RunStore
 from .text import fmt, fmt_mean_std, markdown_table, verdict
 
 __all__ = ["Comparison", "compare", "render", "grouped", "figure", "BASELINES", "check_method", "planned_runs",
-           "missing_baselines", "pending_keys"]
+           "check_baselines", "pending_keys"]
 
 
 @dataclass
@@ -119,11 +120,11 @@ def compare(method: str, params: Optional[Mapping[str, Any]] = None, profile: st
     profile's baselines from the store and write the result (see the module's docstring)."""
     params = dict(params or {})
     name = name or default_name(method, params)
-    cell, baselines, mine, results, trained = train_comparison(
+    cell, baselines, mine, results, skipped, trained = train_comparison(
         method, params, profile, seeds, results_dir, notebooks_dir, train_baselines, device, verbose, deadline,
         compile, name)
     keys = {name: [s.key for s in mine], **{label: [s.key for s in specs] for label, specs in baselines.items()}}
-    return render(name, method, params, profile, cell, results, keys, trained, results_dir)
+    return render(name, method, params, profile, cell, results, keys, trained, results_dir, skipped)
 
 
 def grouped(planned: Sequence[PlannedRun], results: Sequence[TrainResult]
@@ -169,11 +170,12 @@ def pending_keys(planned: Sequence[PlannedRun], store: RunStore) -> List[str]:
 
 def render(name: str, method: str, params: Mapping[str, Any], profile: str, cell: Tuple[str, float],
            results: Mapping[str, Sequence[TrainResult]], keys: Mapping[str, Sequence[str]], trained: Sequence[str],
-           results_dir: Union[str, Path] = "results") -> Comparison:
+           results_dir: Union[str, Path] = "results", skipped: Sequence[str] = ()) -> Comparison:
     """Write the comparison of your runs (``results[name]``) with every other label of
     ``results`` (the baselines, in order) under ``<results_dir>/<profile>/compare/<name>/``:
     ``comparison.md`` (the table and one verdict per baseline), ``comparison.json`` (which runs,
-    which trained now) and the per-class figure. ``keys``: the run keys by label."""
+    which trained now) and the per-class figure. ``keys``: the run keys by label; ``skipped``: the
+    optional baselines left out because they are not trained yet (named in the output)."""
     import pandas as pd  # the notebooks extra, as the report
 
     results_dir = Path(results_dir)
@@ -191,13 +193,15 @@ def render(name: str, method: str, params: Mapping[str, Any], profile: str, cell
           f"Method `{method}` with parameters `{dict(params)}`; every run has the CE baseline's data, recipe and "
           "seeds, only the loss differs. Top-1 in %, last epoch; `yours − this` paired by seed.", "",
           markdown_table(list(table.columns), table.values.tolist()), "", *[f"- {v}" for v in verdicts], "",
+          *([f"Not in the store yet, so left out: {', '.join(skipped)} (`python -m ltbench execute --profile "
+             f"{profile} --only 02` trains them).", ""] if skipped else []),
           *([f"> Profile `{profile}` trains briefly on a subset: this checks the pipeline and the direction of an "
              "effect, not a paper-scale claim (use `cpu` or `paper`)."] if profile in ("smoke", "quick") else [])]
     atomic_write_text(out / "comparison.md", "\n".join(md))
     files = [out / "comparison.md", *save(figure(results), out / "per_class_vs_count")]
     record = {"method": method, "params": dict(params), "profile": profile, "name": name, "cell": list(cell),
               "user_runs": list(keys[name]), "baselines": {label: list(keys[label]) for label in baselines},
-              "trained": list(trained), "verdicts": verdicts}
+              "trained": list(trained), "left_out": list(skipped), "verdicts": verdicts}
     atomic_write_json(out / "comparison.json", record)
     files.append(out / "comparison.json")
     return Comparison(name, table, verdicts, files, trained, record["baselines"], record["user_runs"])

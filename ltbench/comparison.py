@@ -25,7 +25,7 @@ from .runs import DONE, METHODS, ExecOptions, Method, RunSpec, RunStore, make_sp
 
 __all__ = ["BASELINES", "BASELINE_NOTEBOOKS", "NOTEBOOK", "PUBLISHED_FIELDS", "default_name", "check_method",
            "is_step_method", "published_of", "comparison_cell", "find_baselines", "user_specs", "plan_comparison",
-           "planned_runs", "missing_baselines", "train_comparison"]
+           "planned_runs", "check_baselines", "train_comparison", "OPTIONAL_BASELINES", "ORDER"]
 
 #: The baselines of a comparison: label -> published row of the plan's runs (ltbench.published).
 BASELINES: Dict[str, str] = {
@@ -36,6 +36,11 @@ BASELINES: Dict[str, str] = {
     "cRT": "cRT (re-implementation)",
     "BBN": "BBN",
 }
+#: Baselines without a published number, found by their label in the plan (label -> notebook label):
+#: compared when in the store, left out (and named) when not trained yet, never an error.
+OPTIONAL_BASELINES: Dict[str, str] = {"balanced CE": "balanced CE (power 1)"}
+#: The order of the table's rows.
+ORDER = ("CE", "balanced CE", "CB focal", "CE-DRW", "LDAM-DRW", "cRT", "BBN")
 #: The comparison's data: the cell every paper reports.
 DATASET, IMBALANCE_RATIO = "cifar10", 100.0
 #: The notebooks whose plans hold the baselines.
@@ -60,21 +65,35 @@ def planned_runs(method: str, params: Mapping[str, Any], profile: str, seeds: Op
     name = name or default_name(method, params)
     cell, baselines, mine = plan_comparison(method, params, profile, seeds, notebooks_dir, overrides)
     paper = f"Your method ({method})"
-    out = [PlannedRun(s, name, USER_TIER, NOTEBOOK, paper, "comparison") for s in mine]
-    out += [PlannedRun(s, label, 0 if label == "CE" else 1, NOTEBOOK, paper, "comparison", BASELINES[label])
-            for label, specs in baselines.items() for s in specs]
+    out = [PlannedRun(s, name, USER_TIER, NOTEBOOK, paper, "comparison", tags=(("role", "yours"),)) for s in mine]
+    out += [_baseline_run(s, label, paper) for label, specs in baselines.items() for s in specs]
     return cell, out
 
 
-def missing_baselines(planned: Sequence[PlannedRun], store: RunStore, profile: str,
-                      seeds: Optional[int] = None) -> None:
-    """Refuse (ConfigError) when a baseline of ``planned`` is not finished in ``store``, naming
-    each and the ``execute`` command that trains it."""
-    missing = [f"{r.label} [{r.spec.key}]" for r in planned if r.tier != USER_TIER and store.status(r.spec) != DONE]
-    if missing:
-        raise ConfigError(f"baselines not in {store.root}: {', '.join(dict.fromkeys(missing))}; train them with "
+def _baseline_run(spec: RunSpec, label: str, paper: str = "") -> PlannedRun:
+    role = (("role", "baseline"),)
+    if label in OPTIONAL_BASELINES:
+        return PlannedRun(spec, label, 2, NOTEBOOK, paper, "comparison", tags=role)
+    return PlannedRun(spec, label, 0 if label == "CE" else 1, NOTEBOOK, paper, "comparison", BASELINES[label], role)
+
+
+def check_baselines(planned: Sequence[PlannedRun], store: RunStore, profile: str, seeds: Optional[int] = None,
+                    train_baselines: bool = False) -> Tuple[List[PlannedRun], List[str]]:
+    """(the runs to materialise, the optional baselines left out): a baseline of ``planned`` not
+    finished in ``store`` is a ConfigError naming each and the ``execute`` command that trains
+    them, unless ``train_baselines``; an optional one (:data:`OPTIONAL_BASELINES`) is left out
+    instead, with all its seeds, and named in the second list."""
+    if train_baselines:
+        return list(planned), []
+    missing = [r for r in planned if dict(r.tags).get("role") == "baseline" and store.status(r.spec) != DONE]
+    required = [f"{r.label} [{r.spec.key}]" for r in missing if r.label not in OPTIONAL_BASELINES]
+    if required:
+        raise ConfigError(f"baselines not in {store.root}: {', '.join(dict.fromkeys(required))}; train them with "
                           f"`python -m ltbench execute --profile {profile} --only {' '.join(BASELINE_NOTEBOOKS)}`"
                           + (f" --seeds {seeds}" if seeds else "") + ", or pass --train-baselines")
+    out_labels = {r.label for r in missing}
+    skipped = list(dict.fromkeys(f"{r.label} [{r.spec.key}]" for r in missing))
+    return [r for r in planned if r.label not in out_labels], skipped
 
 
 def is_step_method(method: str) -> bool:
@@ -138,13 +157,17 @@ def comparison_cell(planned: Mapping[str, Sequence[PlannedRun]]) -> Optional[Tup
 
 def find_baselines(planned: Mapping[str, Sequence[PlannedRun]],
                    cell: Optional[Tuple[str, float]] = None) -> Dict[str, List[RunSpec]]:
-    """Label -> the specs (one per seed) of each baseline of :data:`BASELINES` in the plan, on ``cell``."""
+    """Label -> the specs (one per seed) of each baseline of :data:`BASELINES` (by published row)
+    and :data:`OPTIONAL_BASELINES` (by label) in the plan, on ``cell``, in the order :data:`ORDER`."""
     cell = cell or comparison_cell(planned)
-    out: Dict[str, Dict[str, RunSpec]] = {label: {} for label in BASELINES}
+    out: Dict[str, Dict[str, RunSpec]] = {label: {} for label in ORDER}
     for runs in planned.values():
         for r in runs:
-            for label, row in BASELINES.items():
-                if _cell_of(r) == cell and r.published_method == row:
+            if _cell_of(r) != cell:
+                continue
+            for label in ORDER:
+                if (r.published_method == BASELINES[label] if label in BASELINES
+                        else r.label == OPTIONAL_BASELINES[label]):
                     out[label][r.spec.key] = r.spec
     return {label: sorted(specs.values(), key=lambda s: s.config["seed"]) for label, specs in out.items() if specs}
 
@@ -199,20 +222,24 @@ def train_comparison(method: str, params: Mapping[str, Any], profile: str, seeds
                      results_dir: Union[str, Path] = "results", notebooks_dir: Union[str, Path] = "notebooks",
                      train_baselines: bool = False, device: str = "auto", verbose: bool = True,
                      deadline: Optional[float] = None, compile: Union[bool, str] = "auto", name: str = "yours"
-                     ) -> Tuple[Tuple[str, float], Dict[str, List[RunSpec]], List[RunSpec], Dict[str, List[TrainResult]], List[str]]:
-    """(cell, baselines, your specs, results by label (yours under ``name``), keys trained now).
-    A baseline missing from the store is a ConfigError naming it, unless ``train_baselines``.
+                     ) -> Tuple[Tuple[str, float], Dict[str, List[RunSpec]], List[RunSpec], Dict[str, List[TrainResult]],
+                                List[str], List[str]]:
+    """(cell, baselines, your specs, results by label (yours under ``name``), optional baselines
+    left out, keys trained now). A baseline missing from the store is a ConfigError naming it, an
+    optional one is left out (:func:`check_baselines`), unless ``train_baselines``.
     ``deadline``: seconds after which a run stops at the end of an epoch (DeadlineReached)."""
     say = print if verbose else (lambda *a, **k: None)
     cell, baselines, mine = plan_comparison(method, params, profile, seeds, notebooks_dir)
     store = RunStore(Path(results_dir) / profile)
-    if not train_baselines:
-        missing_baselines([PlannedRun(s, label, 1, NOTEBOOK, "", "") for label, specs in baselines.items()
-                           for s in specs], store, profile, seeds)
+    kept, skipped = check_baselines([_baseline_run(s, label) for label, specs in baselines.items() for s in specs],
+                                    store, profile, seeds, train_baselines)
+    baselines = {label: specs for label, specs in baselines.items() if label in {r.label for r in kept}}
+    if skipped:
+        say(f"compare: not in the store yet, left out: {', '.join(skipped)}")
     stop_at = None if deadline is None else time.time() + deadline
     options = ExecOptions(device=device, progress="auto" if verbose else False, deadline=stop_at, compile=compile)
     trained: List[str] = []
     results = {name: _load_or_train(mine, store, options, True, trained, say)}
     for label, specs in baselines.items():
         results[label] = _load_or_train(specs, store, options, train_baselines, trained, say)
-    return cell, baselines, mine, results, trained
+    return cell, baselines, mine, results, skipped, trained

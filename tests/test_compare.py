@@ -365,3 +365,29 @@ def test_an_edited_file_is_imported_again_so_what_trains_is_what_is_recorded(tmp
     m1 = METHODS.get(sref)
     step.write_text(STEP_METHOD.replace("tau: float = 1.0", "tau: float = 2.0"))
     assert METHODS.get(sref) is not m1 and METHODS.get(sref).params == {"tau": 2.0}
+
+
+def test_an_optional_baseline_not_trained_yet_is_left_out_and_named(tmp_path):
+    """Balanced CE has no published number: compared when it is in the store, left out (with its
+    key) when not; a missing published baseline is still refused. On the committed quick runs."""
+    import shutil
+
+    from ltbench.comparison import ORDER, _baseline_run, check_baselines, plan_comparison
+
+    cell, baselines, _ = plan_comparison(LA, {"tau": 1.0}, "quick", notebooks_dir=ROOT / "notebooks")
+    assert list(baselines) == list(ORDER) and cell == ("cifar10", 100.0)
+    planned = [_baseline_run(s, label) for label, specs in baselines.items() for s in specs]
+    store = RunStore(tmp_path / "quick")
+    (tmp_path / "quick" / "runs").mkdir(parents=True)
+    for label, specs in baselines.items():
+        if label != "balanced CE":
+            for s in specs:
+                shutil.copytree(ROOT / "results" / "quick" / "runs" / s.key, tmp_path / "quick" / "runs" / s.key)
+    kept, skipped = check_baselines(planned, store, "quick")
+    assert skipped == [f"balanced CE [{baselines['balanced CE'][0].key}]"]
+    assert [r.label for r in kept] == [label for label in ORDER if label != "balanced CE"]
+    assert check_baselines(planned, store, "quick", train_baselines=True) == (planned, [])
+    shutil.rmtree(tmp_path / "quick" / "runs" / baselines["cRT"][0].key)
+    with pytest.raises(ConfigError, match=r"baselines not in .*: cRT \[\w+\]; train them with `python -m ltbench "
+                                          r"execute --profile quick --only 01 02 03 04`"):
+        check_baselines(planned, store, "quick")
