@@ -169,23 +169,7 @@ def test_the_harvest_queues_the_examples_right_after_the_cpu_tiers_0_1(tmp_path)
     assert ours["loss"] == LA and ours["loss_params"] == {"tau": 1.0}
 
 
-STEP_METHOD = '''import torch
-from ltbench.engine import Trainer
-
-
-class LogitAdjustedStep(Trainer):
-    """Logit-adjusted CE as a training step: tau * log(prior) added to the logits."""
-
-    def __init__(self, cfg, data=None, progress=True, tau: float = 1.0):
-        super().__init__(cfg, data, progress)
-        counts = torch.tensor(self.counts, dtype=torch.float32, device=self.device)
-        self.shift = tau * (counts / counts.sum()).log()
-
-    def step_loss(self, x, y, *, mask=None):
-        with self.autocast():
-            logits = self.forward(x)
-        return self.criterion(logits.float() + self.shift, y, mask)
-'''
+STEP_METHOD = (ROOT / "examples" / "logit_adjusted_step.py").read_text()  # copied to tmp files below
 
 
 def test_a_training_step_method_by_reference_is_a_run_with_its_parameters(tmp_path):
@@ -391,3 +375,18 @@ def test_an_optional_baseline_not_trained_yet_is_left_out_and_named(tmp_path):
     with pytest.raises(ConfigError, match=r"baselines not in .*: cRT \[\w+\]; train them with `python -m ltbench "
                                           r"execute --profile quick --only 01 02 03 04`"):
         check_baselines(planned, store, "quick")
+
+
+def test_the_step_example_trains_exactly_as_the_loss_example(tmp_path):
+    """Logit adjustment as a Trainer subclass (examples/logit_adjusted_step.py) and as a loss
+    (examples/logit_adjustment.py): the same training, curves and per-class accuracy equal."""
+    from ltbench.runs import make_spec
+
+    store, opts = RunStore(tmp_path / "store"), ExecOptions(device="cpu", progress=False, compile=False)
+    as_loss = run(joint_spec(TrainConfig(**SYN, loss=LA, loss_params={"tau": 1.0})), store, opts)
+    step = make_spec("examples/logit_adjusted_step.py:LogitAdjustedStep", TrainConfig(**SYN), tau=1.0)
+    as_step = run(step, store, opts)
+    assert step.params == {"tau": 1.0}
+    assert [h["train_loss"] for h in as_step.history] == pytest.approx([h["train_loss"] for h in as_loss.history],
+                                                                       rel=1e-6)
+    assert as_step.last.per_class == pytest.approx(as_loss.last.per_class)
