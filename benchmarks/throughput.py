@@ -10,6 +10,8 @@ Same model (ResNet-32), batch size and data (CIFAR-10-LT IR100, 12,406 images) i
   compiled           the same with torch.compile of the model (ExecOptions(compile=True))
   eager_cl, compiled_cl  the same two in channels_last memory format, which the engine uses on
                      CUDA only (measured here to decide it on CPU)
+  eager_bf16, compiled_bf16, compiled_bf16_cl  CPU only: the same with bf16 autocast on the CPU
+                     (TrainConfig.amp_cpu, the cpu and paper profiles' setting), the last in channels_last
   static             the fast path's padded static shapes, eager step (ExecOptions(fast="static"))
   graph              the fast path: forward+loss+backward+SGD as one compiled graph, CUDA graphs on
                      CUDA (ExecOptions(fast="graph"), execute --fast)
@@ -59,7 +61,7 @@ if str(ROOT) not in sys.path:
 
 #: In the order they run (the most telling first, for a session with a time limit).
 ROWS = ("dataloader", "dataloader_bf16", "eager", "graph", "packs", "procs", "compiled", "static", "eager_cl",
-        "compiled_cl")
+        "compiled_cl", "eager_bf16", "compiled_bf16", "compiled_bf16_cl")
 EPOCHS = 200
 
 
@@ -180,10 +182,11 @@ def bench_dataloader(data, device, steps, warmup, batch_size, workers, bf16=Fals
     return row
 
 
-def bench_engine(data, device, steps, warmup, batch_size, compile_model=False, channels_last=False) -> Row:
+def bench_engine(data, device, steps, warmup, batch_size, compile_model=False, channels_last=False,
+                 amp_cpu=False) -> Row:
     from ltbench.engine import Trainer
 
-    trainer = Trainer(_cfg(device, batch_size, compile=compile_model), data=data, progress=False)
+    trainer = Trainer(_cfg(device, batch_size, compile=compile_model, amp_cpu=amp_cpu), data=data, progress=False)
     if channels_last and not trainer.channels_last:
         # The engine uses channels_last on CUDA only; this row measures it where it is off (CPU).
         trainer.channels_last = True
@@ -201,7 +204,7 @@ def bench_engine(data, device, steps, warmup, batch_size, compile_model=False, c
         loss.backward()
         trainer.optimizer.step()
 
-    name = ("compiled" if compile_model else "eager") + ("_cl" if channels_last else "")
+    name = ("compiled" if compile_model else "eager") + ("_bf16" if amp_cpu else "") + ("_cl" if channels_last else "")
     row = _measure(name, step, device, steps, warmup, batch=batch_size,
                    compile_steps=3 if compile_model else 0)
     row.note = f"amp={'bf16' if trainer.amp_dtype else 'off'}, channels_last={trainer.channels_last}"
@@ -398,6 +401,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif name == "compiled_cl" and not no_inductor:
             jobs.append((name, lambda: bench_engine(data, device, steps, warmup, args.batch_size, compile_model=True,
                                                     channels_last=True)))
+        elif name in ("eager_bf16", "compiled_bf16", "compiled_bf16_cl") and not cuda:
+            if name != "eager_bf16" and no_inductor:
+                continue
+            jobs.append((name, lambda name=name: bench_engine(data, device, steps, warmup, args.batch_size,
+                                                              compile_model=name != "eager_bf16",
+                                                              channels_last=name.endswith("_cl"), amp_cpu=True)))
         elif name == "static":
             jobs.append((name, lambda: bench_fast(data, device, steps, warmup, args.batch_size, "static")))
         elif name == "graph" and not no_inductor:

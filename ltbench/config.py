@@ -62,7 +62,12 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True  # bf16 autocast on CUDA
+    #: bf16 autocast on the CPU too (with ``amp``): 1.6x a float32 step on a CPU with native bf16
+    #: (AVX512-BF16 or AMX; benchmarks/throughput.py rows *_bf16), emulated and slow on one without. A change of
+    #: numerics, so part of a run's identity; False (float32 on CPU, what every run stored before
+    #: the field existed did) is left out of the key.
+    amp_cpu: bool = False
     channels_last: bool = True  # CUDA only
     compile: bool = False
     eval_every: int = 1
@@ -206,6 +211,6 @@ _FIELD_TYPES: Dict[str, str] = {
     "sampler_params": "dict", "drw_epoch": "opt_int", "drw_beta": "number", "drs_epoch": "opt_int",
     "epochs": "int", "batch_size": "int", "lr": "number", "momentum": "number", "weight_decay": "number",
     "schedule": "str", "warmup_epochs": "int", "nesterov": "opt_bool", "drop_last": "bool", "seed": "int",
-    "device": "str", "amp": "bool", "channels_last": "bool", "compile": "bool", "eval_every": "int",
+    "device": "str", "amp": "bool", "amp_cpu": "bool", "channels_last": "bool", "compile": "bool", "eval_every": "int",
     "checkpoint_every": "int",
 }

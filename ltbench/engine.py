@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,6 +103,30 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads visible, torch {torch.get_num_threads()})"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo), where
+    ``amp_cpu`` is a speed-up; False where that cannot be read (not Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_WARNED_BF16 = False
+
+
+def warn_if_cpu_bf16_emulated() -> None:
+    """Warn once per process when ``amp_cpu`` trains on a CPU without native bf16: the run is the
+    same run, but its convolutions are emulated and slow (``amp_cpu=False`` is a different run)."""
+    global _WARNED_BF16
+    if not _WARNED_BF16 and not cpu_has_native_bf16():
+        _WARNED_BF16 = True
+        warnings.warn("amp_cpu=True on a CPU without native bf16 (no avx512_bf16 / amx_bf16 flag): the run "
+                      "trains as specified but slowly; amp_cpu=False (a different run, its own key) is float32",
+                      RuntimeWarning, stacklevel=3)
 
 
 _DATA_CACHE: Dict[Tuple, LongTailedData] = {}
@@ -325,7 +350,9 @@ class Trainer:
         self.data = data if data is not None else load_data(cfg)
         cuda = self.device.type == "cuda"
         self.channels_last = cfg.channels_last and cuda
-        self.amp_dtype = torch.bfloat16 if (cfg.amp and cuda) else None
+        self.amp_dtype = torch.bfloat16 if cfg.amp and (cuda or (cfg.amp_cpu and self.device.type == "cpu")) else None
+        if self.amp_dtype is not None and not cuda:
+            warn_if_cpu_bf16_emulated()
         self.train_set = self.build_dataset("train")
         self.test_set = self.build_dataset("test")
         self.val_set = self.build_val_set()
@@ -609,6 +636,7 @@ class Trainer:
         state = load_state(path, map_location=self.device)
         mine, theirs = self.cfg.to_dict(), dict(state["config"])
         theirs.setdefault("head_bias_init", LEGACY_HEAD_BIAS_INIT)  # written before the field existed
+        theirs.setdefault("amp_cpu", False)  # likewise: those runs trained in float32 on CPU
         changed = sorted(k for k in set(mine) | set(theirs)
                          if k not in EXECUTION_FIELDS and theirs.get(k) != mine.get(k))
         if changed:

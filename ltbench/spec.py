@@ -102,6 +102,8 @@ class RunSpec:
         if config.get("head_bias_init") == LEGACY_HEAD_BIAS_INIT:
             # Runs described before the field existed had this head; their keys stay as they were.
             del config["head_bias_init"]
+        if config.get("amp_cpu") is False:
+            del config["amp_cpu"]  # float32 on CPU: every run stored before the field existed
         return {"schema": SPEC_SCHEMA, "method": self.method, "config": _canonical(config),
                 "params": _canonical(self.params), "deps": {n: d.key for n, d in self.deps}}
 

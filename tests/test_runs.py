@@ -59,7 +59,7 @@ CHANGES = dict(dataset="cifar10", imbalance_ratio=10.0, lt_profile="step", n_max
                loss="sigmoid_ce", loss_params={"gamma": 2.0}, sampler="class_balanced", sampler_params={"k": 2},
                drw_epoch=1, drw_beta=0.999, drs_epoch=1, epochs=3, batch_size=16, lr=0.01, momentum=0.8,
                weight_decay=1e-4, schedule="cosine", warmup_epochs=0, nesterov=True, drop_last=True, seed=1,
-               amp=False, eval_every=2, head_bias_init="zero")
+               amp=False, amp_cpu=True, eval_every=2, head_bias_init="zero")
 
 
 def test_every_identity_field_and_method_parameter_changes_the_key():

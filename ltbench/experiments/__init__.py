@@ -250,7 +250,7 @@ def label_runs(methods: Mapping[str, Mapping[str, Any]], datasets: Sequence[str]
     return out
 
 
-RECIPE_KEYS = ("epochs", "n_max", "test_per_class", "batch_size", "eval_every")
+RECIPE_KEYS = ("epochs", "n_max", "test_per_class", "batch_size", "eval_every", "amp_cpu")
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def settings(epochs: int, imbalance_ratios: Sequence[float], datasets: Sequence[
 
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1, amp_cpu: bool = False,
          methods: Optional[Sequence[str]] = None, grid_imbalance_ratio: float = 50,
          ablation_dataset: str = "cifar10", run_grid: bool = True, run_ablations: bool = True,
          ablation_samplers: Optional[Sequence[str]] = None, ablation_adaptors: Optional[Sequence[str]] = None,
@@ -81,7 +81,8 @@ def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Se
     check_choice("ablation_adaptors", ablation_adaptors, ADAPTOR_VARIANTS)
     selected = list(MAIN_METHODS) if methods is None else list(methods)
     s = settings(epochs, imbalance_ratios, datasets, grid_imbalance_ratio, ablation_dataset, crt_epochs, lws_epochs)
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
 
     def stage1(label: str, ds: str, ir: float, seed: int):
         overrides = {k: (s["defer"] if v == "defer" else v) for k, v in STAGE1[label].items()}

@@ -35,13 +35,14 @@ def all_methods(betas: Sequence[float], focal_gammas: Sequence[float]) -> Tuple[
 
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1, amp_cpu: bool = False,
          methods: Optional[Sequence[str]] = None, betas: Sequence[float] = (0.9, 0.99, 0.999, 0.9999),
          focal_gammas: Sequence[float] = (0.5, 1.0, 2.0)) -> List[PlannedRun]:
     """Softmax / sigmoid / focal and their class-balanced versions over ``betas`` x ``focal_gammas``."""
     everything, published = all_methods(betas, focal_gammas)
     chosen = choose(everything, methods)
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
     return label_runs(chosen, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE, published)
 
 

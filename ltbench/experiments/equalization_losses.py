@@ -56,12 +56,13 @@ TRACKED: Dict[str, Dict[str, Any]] = {
 
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1, amp_cpu: bool = False,
          methods: Optional[Sequence[str]] = None, track_baselines: bool = True) -> List[PlannedRun]:
     """Each equalisation loss beside the loss it modifies (no published CIFAR-LT numbers exist), and, with
     ``track_baselines``, the baselines of the chosen equalisation losses with gradient statistics."""
     chosen = choose(ALL_METHODS, methods)
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
     out = label_runs(chosen, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE,
                      {"CE": "CE (softmax)", "sigmoid CE": "sigmoid CE"}, section="main")
     if track_baselines:

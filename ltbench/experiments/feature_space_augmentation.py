@@ -37,14 +37,15 @@ PUBLISHED = {("CE", "resnet32"): "CE (softmax)", ("cRT", "resnet32"): "cRT (re-i
 
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1, amp_cpu: bool = False,
          backbones: Sequence[str] = ("resnet32",), fsa_iterations: int = 6400, fsa_batch_size: int = 128,
          fsa_lr: float = 0.001, tau_s: float = 0.8, tau_g: float = 0.2, n_f: int = 3, n_a: int = 3,
          crt_epochs: int = 30) -> List[PlannedRun]:
     """Per backbone and (dataset, IR, seed): phase I (CE), cRT on its frozen backbone, FSA phase II."""
     check_choice("backbones", backbones, BACKBONE_NAME)
     check_thresholds(tau_s, tau_g)
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
     out = []
     for backbone in backbones:
         name = BACKBONE_NAME[backbone]

@@ -39,11 +39,12 @@ PUBLISHED = {"CE": "CE (softmax)", "sigmoid CE": "sigmoid CE", "sigmoid focal ga
 
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1, amp_cpu: bool = False,
          methods: Optional[Sequence[str]] = None) -> List[PlannedRun]:
     """Every method of :data:`ALL_METHODS` (or the ``methods`` subset) at every (dataset, IR, seed)."""
     chosen = choose(ALL_METHODS, methods)
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
     return label_runs(chosen, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE, PUBLISHED)
 
 

@@ -26,9 +26,11 @@ CIFAR_LT = (("CIFAR-10-LT", 10, 5000), ("CIFAR-100-LT", 100, 500))
 
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1) -> List[PlannedRun]:
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         amp_cpu: bool = False) -> List[PlannedRun]:
     """CE at every (dataset, IR, seed): the shared baseline (tier 0)."""
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
     return label_runs({"CE": {"loss": "ce"}}, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE,
                       published_rows={"CE": "CE (softmax)"})
 

@@ -29,13 +29,14 @@ FORM_LABEL = {"two_pass": "two-pass", "masked": "masked (single pass)"}
 
 def runs(datasets: Sequence[str] = ("cifar10",), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
-         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
+         test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1, amp_cpu: bool = False,
          keep_ratios: Sequence[float] = (0.25, 0.5, 0.7), forms: Sequence[str] = ("two_pass", "masked")) -> List[PlannedRun]:
     """CE and OHEM (each form x keep ratio) at every (dataset, IR, seed)."""
     for r in keep_ratios:
         check_keep_ratio(r)
     check_choice("forms", forms, MODES)
-    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every)
+    recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
+                  amp_cpu=amp_cpu)
     out = []
     for ds, ir, seed in grid(datasets, imbalance_ratios, seeds):
         cfg = common_config(ds, ir, seed, **recipe, loss="ce")
