@@ -4,7 +4,9 @@ No paper shows this: each method's last-epoch top-1 on the full CIFAR-10-LT IR10
 batch 128, the full test set) against the length of its (first-stage) schedule, from every
 finished run in the stores under ``results/`` (the ``cpu`` profile's 30 / 50 epochs, the
 ``paper`` profile's 200, whatever else was trained), mean ± std over seeds, beside the published
-200-epoch number. ``python -m ltbench report`` draws it into ``results/figures/``.
+200-epoch number. Float32 and bf16 runs (``TrainConfig.amp_cpu``; a GPU's ``amp`` is bf16) are
+separate rows, so the figure also shows what the precision changes. ``python -m ltbench report``
+draws it into ``results/figures/``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .published import published
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["LABELS", "budget_label", "budget_frame", "plot_budget"]
+__all__ = ["LABELS", "budget_label", "precision", "budget_frame", "plot_budget"]
 
 #: Budget-figure label -> row of ltbench.published (the 200-epoch CIFAR-10 IR100 number).
 LABELS = {"CE": "CE (softmax)", "CE-DRW": "CE-DRW", "LDAM-DRW": "LDAM-DRW", "BBN": "BBN",
@@ -59,6 +61,14 @@ def budget_label(spec: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def precision(config: Dict[str, Any], device: str = "cpu") -> str:
+    """``"bf16"`` or ``"float32"``: what a run with ``config`` trained in on ``device`` (the
+    ``device`` of its metrics.json): bf16 autocast with ``amp`` on a GPU, and on a CPU with
+    ``amp_cpu`` too."""
+    amp = config.get("amp", True)
+    return "bf16" if amp and (config.get("amp_cpu") or not str(device).startswith("cpu")) else "float32"
+
+
 def _epochs(spec: Dict[str, Any]) -> int:
     if spec.get("method") == "crt":
         return int(spec["deps"]["stage1"]["config"]["epochs"])
@@ -80,13 +90,14 @@ def budget_frame(results_dir: os.PathLike | str = "results") -> "pd.DataFrame":
         if label is None:
             continue
         m = json.loads(metrics.read_text())
-        rows.append({"method": label, "epochs": _epochs(spec), "seed": spec["config"].get("seed"),
-                     "profile": spec_path.parents[2].name, "top1_last": float(m["top1_last"])})
-    cols = ["method", "epochs", "mean", "std", "n", "profiles", "published"]
+        rows.append({"method": label, "epochs": _epochs(spec), "precision": precision(spec["config"], m.get("device", "cpu")),
+                     "seed": spec["config"].get("seed"), "profile": spec_path.parents[2].name,
+                     "top1_last": float(m["top1_last"])})
+    cols = ["method", "epochs", "precision", "mean", "std", "n", "profiles", "published"]
     if not rows:
         return pd.DataFrame(columns=cols)
-    df = pd.DataFrame(rows).drop_duplicates(["method", "epochs", "seed"])
-    out = (df.groupby(["method", "epochs"], sort=True)
+    df = pd.DataFrame(rows).drop_duplicates(["method", "epochs", "precision", "seed"])
+    out = (df.groupby(["method", "epochs", "precision"], sort=True)
              .agg(mean=("top1_last", "mean"), std=("top1_last", "std"), n=("top1_last", "size"),
                   profiles=("profile", lambda s: ", ".join(sorted(set(s)))))
              .reset_index())
@@ -107,11 +118,16 @@ def plot_budget(frame: "pd.DataFrame", path: os.PathLike | str) -> Optional[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if "precision" not in frame:
+        frame = frame.assign(precision="float32")
+    styles = {"bf16": ("-", "o"), "float32": ("--", "s")}
     for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
         color = f"C{i}"
-        g = g.sort_values("epochs")
-        ax.errorbar(g["epochs"], g["mean"], yerr=g["std"].fillna(0.0), marker="o", color=color, capsize=3,
-                    label=f"{method} (ours)")
+        for prec, gp in g.groupby("precision", sort=True):
+            gp = gp.sort_values("epochs")
+            ls, marker = styles.get(prec, ("-", "o"))
+            ax.errorbar(gp["epochs"], gp["mean"], yerr=gp["std"].fillna(0.0), marker=marker, linestyle=ls, color=color,
+                        capsize=3, label=f"{method} (ours, {prec})")
         pub = g["published"].dropna()
         if not pub.empty:
             ax.plot([200], [pub.iloc[0]], marker="*", markersize=11, color=color, linestyle="none",

@@ -591,14 +591,18 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
 
 def budget_section(budget: "pd.DataFrame", png: Path, results_dir: Path) -> List[str]:
     """README lines of the accuracy-against-budget table and figure (:mod:`ltbench.budget`)."""
-    rows = [(m, int(e), fmt_mean_std(mu, sd, int(n)), int(n), p, fmt(pub))
-            for m, e, mu, sd, n, p, pub in budget[["method", "epochs", "mean", "std", "n", "profiles",
-                                                    "published"]].itertuples(index=False)]
+    if "precision" not in budget:
+        budget = budget.assign(precision="float32")
+    rows = [(m, int(e), prec, fmt_mean_std(mu, sd, int(n)), int(n), p, fmt(pub))
+            for m, e, prec, mu, sd, n, p, pub in budget[["method", "epochs", "precision", "mean", "std", "n", "profiles",
+                                                          "published"]].itertuples(index=False)]
     return ["## Accuracy against training budget (CIFAR-10-LT IR100, ResNet-32)", "",
             "Last-epoch top-1 of every finished run of these methods on the full CIFAR-10-LT IR100 (batch 128, "
             "the full test set) by the length of its first-stage schedule; the published numbers are 200-epoch "
-            "single runs.", "",
-            markdown_table(["method", "epochs", "top-1 last", "seeds", "profiles", "published (200 ep)"], rows), "",
+            "single runs. Float32 and bf16 runs (the `cpu` and `paper` profiles train bf16, docs/methods.md "
+            "§2) are separate rows.", "",
+            markdown_table(["method", "epochs", "precision", "top-1 last", "seeds", "profiles", "published (200 ep)"],
+                           rows), "",
             f"![budget]({_rel(png, results_dir)})", "", f"[PDF]({_rel(png.with_suffix('.pdf'), results_dir)})", ""]
 
 

@@ -35,15 +35,29 @@ def test_budget_frame_groups_seeds_by_method_and_length_and_ignores_other_runs(t
     unfinished.mkdir()
     (unfinished / "spec.json").write_text(json.dumps(joint_spec(base_config("cifar10", 100, epochs=50)).to_dict()))
 
+    # the same CE in bf16 on the CPU (amp_cpu) is its own row, not a third seed of the float32 one
+    _put(tmp_path, "cpu", joint_spec(base_config("cifar10", 100, seed=0, epochs=30, amp_cpu=True)), 60.5)
+
     f = budget_frame(tmp_path)
-    got = {(m, e): (round(mu, 3), n) for m, e, mu, n in f[["method", "epochs", "mean", "n"]].itertuples(index=False)}
-    assert got == {("CE", 30): (61.0, 2), ("CE", 200): (70.0, 1), ("LDAM-DRW", 30): (66.5, 1),
-                   ("BBN", 30): (64.0, 1), ("cRT", 30): (65.0, 1)}
-    ce = f[(f.method == "CE") & (f.epochs == 30)].iloc[0]
+    got = {(m, e, p): (round(mu, 3), n)
+           for m, e, p, mu, n in f[["method", "epochs", "precision", "mean", "n"]].itertuples(index=False)}
+    assert got == {("CE", 30, "float32"): (61.0, 2), ("CE", 30, "bf16"): (60.5, 1), ("CE", 200, "float32"): (70.0, 1),
+                   ("LDAM-DRW", 30, "float32"): (66.5, 1), ("BBN", 30, "float32"): (64.0, 1),
+                   ("cRT", 30, "float32"): (65.0, 1)}
+    ce = f[(f.method == "CE") & (f.epochs == 30) & (f.precision == "float32")].iloc[0]
     assert ce["std"] == pytest.approx(2 ** 0.5) and ce["published"] == 70.36 and ce["profiles"] == "cpu"
     png = plot_budget(f, tmp_path / "fig" / "budget.png")
     assert png.stat().st_size > 1000 and png.with_suffix(".pdf").stat().st_size > 1000
     assert plot_budget(f.iloc[0:0], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_precision_is_bf16_with_amp_on_a_gpu_and_on_a_cpu_only_with_amp_cpu():
+    from ltbench.budget import precision
+
+    assert precision({"amp": True}, "cpu (x86_64, 2 threads visible, torch 2)") == "float32"
+    assert precision({"amp": True, "amp_cpu": True}, "cpu (x86_64)") == "bf16"
+    assert precision({"amp": True}, "NVIDIA H100 80GB HBM3") == "bf16"
+    assert precision({"amp": False, "amp_cpu": True}, "NVIDIA H100 80GB HBM3") == "float32"
 
 
 def test_budget_label_of_bbn_variants_and_crt_on_other_stage1():
