@@ -118,8 +118,6 @@ def plot_budget(frame: "pd.DataFrame", path: os.PathLike | str) -> Optional[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if "precision" not in frame:
-        frame = frame.assign(precision="float32")
     styles = {"bf16": ("-", "o"), "float32": ("--", "s")}
     for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
         color = f"C{i}"

@@ -591,8 +591,6 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
 
 def budget_section(budget: "pd.DataFrame", png: Path, results_dir: Path) -> List[str]:
     """README lines of the accuracy-against-budget table and figure (:mod:`ltbench.budget`)."""
-    if "precision" not in budget:
-        budget = budget.assign(precision="float32")
     rows = [(m, int(e), prec, fmt_mean_std(mu, sd, int(n)), int(n), p, fmt(pub))
             for m, e, prec, mu, sd, n, p, pub in budget[["method", "epochs", "precision", "mean", "std", "n", "profiles",
                                                           "published"]].itertuples(index=False)]
