@@ -24,7 +24,12 @@ __all__ = ["LABELS", "budget_label", "precision", "budget_frame", "plot_budget"]
 
 #: Budget-figure label -> row of ltbench.published (the 200-epoch CIFAR-10 IR100 number).
 LABELS = {"CE": "CE (softmax)", "CE-DRW": "CE-DRW", "LDAM-DRW": "LDAM-DRW", "BBN": "BBN",
-          "cRT": "cRT (re-implementation)"}
+          "cRT": "cRT (re-implementation)", "CB focal": "CB focal beta 0.9999 gamma 1",
+          "CB softmax": "CB softmax beta 0.9999", "Mixup": "Mixup (alpha 1)"}
+#: Joint class-balanced runs of the figure: (loss, its loss_params) -> label; only the published
+#: CIFAR-10 IR100 configuration, so a beta / gamma sweep does not pile into one line.
+_CB = {("cb_focal", (("beta", 0.9999), ("gamma", 1.0))): "CB focal",
+       ("cb_softmax", (("beta", 0.9999),)): "CB softmax"}
 
 
 def _full_cifar10_ir100(c: Dict[str, Any]) -> bool:
@@ -41,6 +46,9 @@ def _joint_label(c: Dict[str, Any]) -> Optional[str]:
         return "CE" if drw is None else "CE-DRW"
     if loss == "ldam" and head == "cosine" and drw is not None:
         return "LDAM-DRW"
+    if head == "linear" and drw is None:
+        params = tuple(sorted((k, float(v)) for k, v in (c.get("loss_params") or {}).items()))
+        return _CB.get((loss, params))
     return None
 
 
@@ -53,6 +61,10 @@ def budget_label(spec: Dict[str, Any]) -> Optional[str]:
         return "BBN" if ok and _full_cifar10_ir100(c) else None
     if method == "joint":
         return _joint_label(c) if _full_cifar10_ir100(c) else None
+    if method == "mixup":
+        ok = (float((spec.get("params") or {}).get("alpha", 0)) == 1.0 and _full_cifar10_ir100(c)
+              and _joint_label(c) == "CE")
+        return "Mixup" if ok else None
     if method == "crt":
         s1 = dict((spec.get("deps") or {}).get("stage1") or {})
         c1 = dict(s1.get("config") or {})
@@ -117,7 +129,7 @@ def plot_budget(frame: "pd.DataFrame", path: os.PathLike | str) -> Optional[Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(9.0, 4.6))
     styles = {"bf16": ("-", "o"), "float32": ("--", "s")}
     for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
         color = f"C{i}"
@@ -138,7 +150,8 @@ def plot_budget(frame: "pd.DataFrame", path: os.PathLike | str) -> Optional[Path
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    # Outside the axes: with a handful of methods any corner inside hides a 50-epoch point.
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     fig.savefig(path.with_suffix(".pdf"))

@@ -68,6 +68,26 @@ def test_budget_label_of_bbn_variants_and_crt_on_other_stage1():
     assert budget_label(joint_spec(base_config("cifar10", 100, epochs=30, drw_epoch=0.8)).to_dict()) == "CE-DRW"
 
 
+def test_budget_label_of_the_published_cb_configurations_and_mixup_alpha_1_only():
+    from ltbench.methods import mixup_spec
+
+    def joint(**kw):
+        return joint_spec(base_config("cifar10", 100, epochs=50, **kw)).to_dict()
+
+    assert budget_label(joint(loss="cb_focal", loss_params={"beta": 0.9999, "gamma": 1.0})) == "CB focal"
+    assert budget_label(joint(loss="cb_softmax", loss_params={"beta": 0.9999})) == "CB softmax"
+    # another beta / gamma of the sweep, CB under DRW, a CB run on a subset: not the published cell
+    assert budget_label(joint(loss="cb_focal", loss_params={"beta": 0.9999, "gamma": 2.0})) is None
+    assert budget_label(joint(loss="cb_softmax", loss_params={"beta": 0.999})) is None
+    assert budget_label(joint(loss="cb_softmax", loss_params={"beta": 0.9999}, drw_epoch=0.8)) is None
+    assert budget_label(joint_spec(base_config("cifar10", 100, epochs=8, n_max=500, loss="cb_softmax",
+                                               loss_params={"beta": 0.9999})).to_dict()) is None
+    base = base_config("cifar10", 100, epochs=50)
+    assert budget_label(mixup_spec(base, alpha=1.0).to_dict()) == "Mixup"
+    assert budget_label(mixup_spec(base, alpha=0.2).to_dict()) is None
+    assert budget_label(mixup_spec(base_config("cifar10", 100, epochs=50, drw_epoch=0.8)).to_dict()) is None
+
+
 def test_gain_findings_compare_each_gain_over_ce_with_the_published_gain():
     import pandas as pd
 
