@@ -137,8 +137,8 @@ def collect(results_dir: os.PathLike | str = "results") -> Tuple["pd.DataFrame",
             if not isinstance(row, dict) or "run_dir" not in row:
                 problems.append(f"{_rel(path, root)}: a row without run_dir")
                 continue
-            if row.get("key") in seen:
-                continue
+            if row.get("key") in seen or row.get("status") == "pending":
+                continue  # a pending run: left out of a render of what the store held then
             seen.add(row.get("key"))
             mpath = (path.parent / row["run_dir"] / "metrics.json")
             try:

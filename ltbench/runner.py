@@ -50,6 +50,8 @@ from ltbench.profiles import DEFAULT_PROFILE
 from ltbench.text import markdown_table
 
 MARKER = "completed.json"
+#: The notebook's run manifest (``ltbench.experiments.MANIFEST``; not imported, which would load torch).
+MANIFEST = "runs.json"
 LOG = "run.log"
 DEFAULT_KERNEL = "python3"
 #: Seconds one notebook cell may run before it is stopped and the notebook counts as failed, so a
@@ -126,7 +128,19 @@ def completion_state(plan: _Planned) -> Tuple[bool, str]:
         return False, "notebook source changed"
     if not (plan.run_dir / f"{plan.stem}.ipynb").is_file():
         return False, "executed notebook missing"
+    left_out = _pending_in_manifest(plan.run_dir / MANIFEST)
+    if left_out:
+        return False, f"rendered with {left_out} run(s) pending"
     return True, "complete"
+
+
+def _pending_in_manifest(path: Path) -> int:
+    """How many runs the manifest at ``path`` lists as pending (a render that trained nothing)."""
+    try:
+        rows = json.loads(path.read_text()).get("runs") or []
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sum(1 for r in rows if isinstance(r, dict) and r.get("status") == "pending")
 
 
 # --------------------------------------------------------------------------------------------

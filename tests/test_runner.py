@@ -193,6 +193,14 @@ def test_skip_force_and_changed_parameters(nbdir: Path, tmp_path: Path) -> None:
     (nbdir / "01_ok.ipynb").write_text(json.dumps(nb))
     assert run(nbdir, results, only=["01"], overrides={"epochs": 2})[0].status == "ok"
     assert calls(results) == 4
+    # A render that left runs pending (materialize(train=False)) is not complete: the next batch
+    # renders it again, with whatever the harvest has finished since.
+    manifest = results / "smoke" / "01_ok" / runner.MANIFEST
+    manifest.write_text(json.dumps({"schema": 1, "runs": [{"key": "a", "status": "done"}, {"key": "b", "status": "pending"}]}))
+    plans = runner.plan_runs("smoke", ["01"], None, results, nbdir, {"epochs": 2})
+    assert runner.completion_state(plans[0]) == (False, "rendered with 1 run(s) pending")
+    manifest.write_text(json.dumps({"schema": 1, "runs": [{"key": "a", "status": "done"}]}))
+    assert runner.completion_state(plans[0]) == (True, "complete")
     # A lost marker (e.g. an interrupted batch) means "not complete".
     (results / "smoke" / "01_ok" / runner.MARKER).unlink()
     plans = runner.plan_runs("smoke", ["01"], None, results, nbdir, {"epochs": 2})

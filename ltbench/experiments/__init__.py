@@ -43,7 +43,7 @@ from ..text import verdict
 __all__ = [
     "PlannedRun", "EXPERIMENTS", "experiment", "tier_for", "materialize", "select", "notebook_parameters",
     "runs_for_notebook", "MANIFEST", "TIERS", "is_baseline", "dedupe", "base_config", "check_datasets",
-    "results_frame", "gain_findings", "planned", "write_manifest", "choose",
+    "results_frame", "gain_findings", "planned", "write_manifest", "choose", "pending",
 ]
 
 #: Priority tiers, most valuable first.
@@ -148,44 +148,70 @@ def runs_for_notebook(stem: str, parameters: Mapping[str, Any]) -> List[PlannedR
 # Materialising runs for a notebook
 
 
+def pending(runs: Sequence[PlannedRun], store: Union[RunStore, str, os.PathLike],
+            weights: Iterable[RunSpec] = ()) -> List[PlannedRun]:
+    """The runs of ``runs`` that ``materialize(..., train=False)`` leaves out: not finished in
+    ``store``, or finished without the last-epoch checkpoint that ``weights`` asks for."""
+    store = RunStore(store)
+    need_weights = {s.key for s in weights}
+    missing: Dict[str, bool] = {}
+    for r in runs:
+        key = r.spec.key
+        if key not in missing:
+            missing[key] = store.load(r.spec) is None or (key in need_weights and not store.has_weights(r.spec))
+    return [r for r in runs if missing[r.spec.key]]
+
+
 def materialize(runs: Sequence[PlannedRun], store: Union[RunStore, str, os.PathLike], out_dir: Optional[Union[str, os.PathLike]] = None,
                 device: str = "auto", data_root: Optional[str] = None, progress: Union[bool, str] = "auto",
-                weights: Iterable[RunSpec] = ()) -> List[TrainResult]:
+                weights: Iterable[RunSpec] = (), train: bool = True) -> List[TrainResult]:
     """The results of ``runs`` in order, each with its labels in ``result.meta``.
 
     Finished runs are loaded from ``store``; missing ones are trained through
     :func:`ltbench.runs.run` (shared runs once). ``weights``: specs whose last-epoch checkpoint the
-    notebook loads (analyses), rebuilt if missing. With ``out_dir`` the notebook's manifest
-    (``runs.json``: label, tier, tags and run key of every run) is written there for the report.
+    notebook loads (analyses), rebuilt if missing. ``train=False`` trains nothing: the runs of
+    :func:`pending` are left out of the results (a render of what a harvest has finished so far).
+    With ``out_dir`` the notebook's manifest (``runs.json``: label, tier, tags, run key and status
+    of every run) is written there for the report.
     """
+    if not isinstance(train, bool):
+        raise ValueError(f"train={train!r}: expected True (train the missing runs) or False (leave them out)")
     store = RunStore(store)
+    weights = list(weights)
     options = ExecOptions(device=device, data_root=data_root, progress=progress)
+    skipped = set() if train else {r.spec.key for r in pending(runs, store, weights)}
     cache: Dict[str, TrainResult] = {}
     need_weights = {s.key for s in weights}
     out: List[TrainResult] = []
     for r in runs:
         key = r.spec.key
+        if key in skipped:
+            continue
         if key not in cache:
             cache[key] = run(r.spec, store, options, require_weights=key in need_weights)
         out.append(dataclasses.replace(cache[key], meta={**cache[key].meta, **r.meta()}))
     for s in weights:
-        if s.key not in cache:
+        if train and s.key not in cache:
             run(s, store, options, require_weights=True)
     if out_dir is not None:
-        write_manifest(runs, store, out_dir)
+        write_manifest(runs, store, out_dir, pending_keys=skipped)
     return out
 
 
-def write_manifest(runs: Sequence[PlannedRun], store: RunStore, out_dir: Union[str, os.PathLike]) -> Path:
-    """``out_dir/runs.json``: the notebook's runs with their labels and the run folder relative
-    to ``out_dir`` (so a moved results folder keeps working)."""
+def write_manifest(runs: Sequence[PlannedRun], store: RunStore, out_dir: Union[str, os.PathLike],
+                   pending_keys: Iterable[str] = ()) -> Path:
+    """``out_dir/runs.json``: the notebook's runs with their labels, the run folder relative
+    to ``out_dir`` (so a moved results folder keeps working) and their ``status``: ``pending``
+    for the runs of ``pending_keys`` (left out of this render), else ``done``."""
     out = Path(out_dir)
+    pending_keys = set(pending_keys)
     rows = []
     for r in runs:
         rel = os.path.relpath(store.folder(r.spec).resolve(), out.resolve())
         rows.append({"label": r.label, "key": r.spec.key, "method": r.spec.method, "tier": r.tier,
                      "notebook": r.notebook, "paper": r.paper, "table": r.table,
-                     "published_method": r.published_method, "tags": dict(r.tags), "run_dir": Path(rel).as_posix()})
+                     "published_method": r.published_method, "tags": dict(r.tags), "run_dir": Path(rel).as_posix(),
+                     "status": "pending" if r.spec.key in pending_keys else "done"})
     return atomic_write_json(out / MANIFEST, {"schema": 1, "runs": rows})
 
 
