@@ -86,6 +86,9 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and show what would run, execute nothing")
+    run.add_argument("--no-train", action="store_true",
+                     help="train nothing: render the runs already in the store and list the rest as pending "
+                     "(-p train_missing=False for every notebook that has it; a harvest's progress so far)")
     run.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     run.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                      help="stop a notebook whose cell runs longer than this (default 12 h)")
@@ -241,11 +244,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if backend_options and args.backend != "submitit":
             flags = ", ".join("--" + f.replace("_", "-") for f in backend_options)
             raise runner.ConfigError(f"only with --backend submitit: {flags} (got --backend {args.backend})")
+        only, overrides = args.only, runner.parse_assignments(args.param)
+        if args.no_train:
+            only, no_train, left_out = runner.no_train_selection(args.only, args.notebooks)
+            for stem in left_out:
+                print(f"--no-train: {stem} left out (no '{runner.TRAIN_MISSING}' parameter: it renders only "
+                      "with its runs trained)")
+            overrides = {**no_train, **overrides}
         statuses = batch.run_batch(
             args.backend,
-            profile=args.profile, only=args.only, seeds=args.seeds, force=args.force,
+            profile=args.profile, only=only, seeds=args.seeds, force=args.force,
             results_dir=args.results, notebooks_dir=args.notebooks,
-            overrides=runner.parse_assignments(args.param), kernel_name=args.kernel,
+            overrides=overrides, kernel_name=args.kernel,
             progress=not args.no_progress, dry_run=args.dry_run, **backend_options,
             **({"cell_timeout": args.cell_timeout} if args.cell_timeout is not None else {}),
         )

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, MutableMapping,
 
 from . import plotting, profiles
 from .engine import TrainResult
-from .experiments import PlannedRun, check_datasets, experiment, materialize
+from .experiments import PlannedRun, check_datasets, experiment, materialize, pending
 from .io import atomic_write_text
 from .published import CAVEATS
 from .runs import RunSpec, RunStore
@@ -223,6 +223,8 @@ class Session:
     present: List[str]
     skipped: Dict[str, str] = field(default_factory=dict)
     changed: Dict[str, Any] = field(default_factory=dict)
+    #: The planned runs the last :meth:`materialize` left out (``train_missing=False``).
+    pending: List[PlannedRun] = field(default_factory=list)
 
     @property
     def profile(self) -> str:
@@ -240,9 +242,14 @@ class Session:
 
     def materialize(self, planned: Sequence[PlannedRun], weights: Iterable[RunSpec] = ()) -> List[TrainResult]:
         """The results of ``planned``: loaded from the store, trained where missing
-        (:func:`ltbench.experiments.materialize`); the manifest ``runs.json`` goes to ``out``."""
+        (:func:`ltbench.experiments.materialize`); the manifest ``runs.json`` goes to ``out``.
+        With the parameter ``train_missing=False`` nothing trains: the runs not in the store are
+        left out, kept in ``self.pending`` and named by :meth:`conclude`."""
+        weights = list(weights)
+        train = self.params.get("train_missing", True)
+        self.pending = [] if train is True else pending(planned, self.store, weights)
         return materialize(planned, self.store, self.out, device=self.params.get("device", "auto"),
-                           data_root=self.params.get("data_root"), weights=weights)
+                           data_root=self.params.get("data_root"), weights=weights, train=train)
 
     def save(self, df: Any, name: str, title: Optional[str] = None) -> Any:
         """:func:`save_table` into ``out``; returns ``df``."""
@@ -261,7 +268,18 @@ class Session:
         caveats(self.profile, detail)
 
     def conclude(self, claim: str, findings: Any, note: Optional[str] = None) -> None:
-        """Display the notebook's :func:`conclusion` (written to ``out/conclusion.md`` too)."""
+        """Display the notebook's :func:`conclusion` (written to ``out/conclusion.md`` too); a
+        render that left runs pending says which, before ``note``."""
+        if self.pending:
+            labels = list(dict.fromkeys(r.label for r in self.pending))
+            keys = {r.spec.key for r in self.pending}
+            left = (f"**Rendered before every run was trained** (`train_missing=False`): {len(keys)} run(s) pending, "
+                    f"so these rows and the verdicts that need them are missing: {', '.join(labels)}. "
+                    f"`python -m ltbench run --profile {self.profile} --only {self.name[:2]}` renders the notebook "
+                    "again (it trains what is still missing unless `--no-train`).")
+            note = left + ("\n\n" + note if note else "")
+            findings = [findings] if isinstance(findings, str) else list(findings)
+            findings = findings or ["no verdict yet: each needs a run that is still pending (below)."]
         show(conclusion(claim, findings, self.profile, self.out, note=note))
 
 

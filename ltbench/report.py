@@ -441,6 +441,17 @@ def _markers(root: Path, profile: str) -> List[Dict[str, Any]]:
     return out
 
 
+def _run_count(folder: Path) -> str:
+    """``"12"`` or ``"5 (7 pending)"``: the distinct runs of a notebook's ``runs.json``."""
+    try:
+        rows = [r for r in json.loads((folder / "runs.json").read_text())["runs"] if isinstance(r, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "-"
+    status = {r.get("key"): r.get("status", "done") for r in rows}
+    left = sum(1 for v in status.values() if v == "pending")
+    return f"{len(status) - left}" + (f" ({left} pending)" if left else "")
+
+
 def _provenance(root: Path, profile: str, version: Dict[str, Any]) -> List[str]:
     """How a profile's numbers were made: commands, code, each notebook's parameters."""
     lines = [f"Made by `python -m ltbench execute --profile {profile}` (trains the runs, tier order) and "
@@ -456,11 +467,12 @@ def _provenance(root: Path, profile: str, version: Dict[str, Any]) -> List[str]:
             params = {k: v for k, v in (m.get("parameters") or {}).items() if k not in ("out_dir", "store_dir", "profile")}
             executed = m.get("executed")
             link = f"[{executed}]({m['_dir']}/{executed})" if executed else "-"
-            rows.append([m.get("notebook", m["_dir"]), link, m.get("finished", "-"),
+            rows.append([m.get("notebook", m["_dir"]), link, m.get("finished", "-"), _run_count(root / m["_dir"]),
                          "`" + json.dumps(params, separators=(", ", ": ")) + "`"])
         lines += ["Notebooks of this profile and the parameters they ran with (the rest are the defaults of "
-                  "their `parameters` cell):", "",
-                  markdown_table(["notebook", "executed notebook", "finished", "parameters"], rows), ""]
+                  "their `parameters` cell); *runs*: the notebook's runs in the render, and those still pending "
+                  "where it was rendered without training them (`ltbench run --no-train`):", "",
+                  markdown_table(["notebook", "executed notebook", "finished", "runs", "parameters"], rows), ""]
     return lines
 
 

@@ -45,7 +45,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 from ltbench.io import atomic_write_json
 from ltbench.parameters import (RUNNER_PARAMETERS, ConfigError, check_values, discover_notebooks,  # noqa: F401
-                                outside_clone_hint, parse_assignments, parse_value, resolve, select_notebooks)
+                                notebook_parameters, outside_clone_hint, parse_assignments, parse_value, resolve,
+                                select_notebooks)
 from ltbench.profiles import DEFAULT_PROFILE
 from ltbench.text import markdown_table
 
@@ -60,7 +61,9 @@ DEFAULT_KERNEL = "python3"
 DEFAULT_CELL_TIMEOUT = 12 * 3600
 #: Parameters not compared for completeness: ``out_dir`` is where the marker itself lies, so
 #: comparing it would only make a moved results folder re-run everything.
-_NOT_COMPARED = ("out_dir", "store_dir")
+_NOT_COMPARED = ("out_dir", "store_dir", "train_missing")
+#: The notebook parameter ``--no-train`` sets to False (:func:`no_train_selection`).
+TRAIN_MISSING = "train_missing"
 
 OK, FAILED, SKIPPED, DEAD = "ok", "failed", "skipped", "dead-kernel"
 INTERRUPTED, PENDING = "interrupted", "would-run"
@@ -104,6 +107,23 @@ def _comparable(parameters: Mapping[str, Any]) -> Any:
     # JSON round trip so tuples and lists (and int/float keys) compare as they are stored.
     return json.loads(json.dumps({k: v for k, v in parameters.items() if k not in _NOT_COMPARED},
                                  sort_keys=True, default=str))
+
+
+def no_train_selection(only: Optional[Iterable[str]], notebooks_dir: os.PathLike | str = "notebooks"
+                       ) -> Tuple[List[str], Dict[str, Any], List[str]]:
+    """What ``ltbench run --no-train`` runs: (the notebooks, the overrides setting their
+    ``train_missing`` parameter to False, the notebooks left out because they have none).
+
+    Without ``only`` a notebook without the parameter (08, which trains only your runs) is left
+    out; one named in ``only`` raises :class:`ConfigError`."""
+    available = discover_notebooks(notebooks_dir)
+    chosen = select_notebooks(list(available), only)
+    has = {stem: TRAIN_MISSING in notebook_parameters(available[stem]) for stem in chosen}
+    if only and not all(has.values()):
+        raise ConfigError(f"--no-train: {', '.join(s for s in chosen if not has[s])} has no '{TRAIN_MISSING}' "
+                          "parameter, so it cannot render without training; run it without --no-train")
+    keep = [s for s in chosen if has[s]]
+    return keep, {f"{s}:{TRAIN_MISSING}": False for s in keep}, [s for s in chosen if not has[s]]
 
 
 def completion_state(plan: _Planned) -> Tuple[bool, str]:

@@ -186,3 +186,53 @@ def test_every_figure_is_saved_as_png_and_pdf(smoke_results):
         for png, pdf in zip(pngs, pdfs):
             assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 1000, png
             assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1000, pdf
+
+
+@pytest.fixture(scope="module")
+def partial_results(smoke_results, tmp_path_factory):
+    """Every notebook rendered with ``--no-train``'s parameter (train_missing=False) from a copy of
+    the smoke store that lacks about half of its runs (every run whose key starts with a digit
+    below 8, the CE baselines kept), as a harvest's store is part-way; nothing may train."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("partial")
+    shutil.copytree(smoke_results / "runs", base / "results" / "smoke" / "runs")
+    removed = set()
+    for folder in sorted((base / "results" / "smoke" / "runs").iterdir()):
+        spec = json.loads((folder / "spec.json").read_text())
+        baseline = spec["method"] == "joint" and spec["config"]["loss"] == "ce" and spec["config"]["sampler"] == "instance"
+        if folder.name[0] in "01234567" and not baseline:
+            shutil.rmtree(folder)
+            removed.add(folder.name)
+    overrides = {} if real_cifar10_root() else {"datasets": ["synthetic"]}
+    overrides.update({f"{stem}:train_missing": False for stem in NOTEBOOKS if stem != "08_your_method"})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LTBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "ltbench-cache"))
+    mp.chdir(base)
+    try:
+        statuses = run_notebooks(profile="smoke", results_dir="results", notebooks_dir=os.path.relpath(ROOT / "notebooks", base),
+                                 only=[s for s in NOTEBOOKS if s != "08_your_method"], overrides=overrides,
+                                 progress=False, verbose=False)
+    finally:
+        mp.undo()
+    assert exit_code(statuses) == 0, [(s.notebook, s.status, s.error) for s in statuses]
+    return base / "results" / "smoke", removed
+
+
+@pytest.mark.slow
+def test_a_render_without_training_shows_the_finished_runs_and_names_the_pending_ones(partial_results):
+    out, removed = partial_results
+    assert removed, "the partial store lost no run: the test checks nothing"
+    # nothing was trained: the store holds exactly the runs that were left in it
+    assert not removed & {p.name for p in (out / "runs").iterdir()}
+    n_pending = 0
+    for stem in (s for s in NOTEBOOKS if s != "08_your_method"):
+        rows = json.loads((out / stem / "runs.json").read_text())["runs"]
+        pending = {r["key"] for r in rows if r["status"] == "pending"}
+        assert pending == {r["key"] for r in rows} & removed, stem
+        conclusion = (out / stem / "conclusion.md").read_text()
+        if pending:
+            assert f"{len(pending)} run(s) pending" in conclusion, stem
+            assert (out / stem / "completed.json").is_file()  # rendered, but the runner will render it again
+        n_pending += len(pending)
+    assert n_pending

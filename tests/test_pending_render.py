@@ -66,3 +66,14 @@ def test_a_pending_row_is_no_report_problem_and_a_render_with_pending_runs_is_no
     materialize(runs[:1], store, out, device="cpu", train=False)
     assert runner._pending_in_manifest(out / MANIFEST) == 0
     assert runner._pending_in_manifest(tmp_path / "absent.json") == 0
+
+
+def test_the_report_counts_each_notebooks_runs_and_its_pending_ones(tmp_path):
+    from ltbench.report import _run_count
+
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": [
+        {"key": "a", "status": "done"}, {"key": "a", "status": "done"}, {"key": "b", "status": "pending"},
+        {"key": "c"}]}))  # a manifest from before the status field: done
+    assert _run_count(tmp_path) == "2 (1 pending)"
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": [{"key": "a"}]}))
+    assert _run_count(tmp_path) == "1" and _run_count(tmp_path / "absent") == "-"

@@ -203,7 +203,7 @@ def confusion_scores(by: Dict[Setting, Dict[str, Any]]) -> List[Tuple[Tuple[str,
     mean phase-I score matrix ``S[t, j]`` and its record (``tail``, ``confusing`` per tail class)."""
     out, done = [], set()
     for (backbone, ds, ir, _seed), r in by.items():
-        rec = r["FSA"].extras.get("fsa")
+        rec = r["FSA"].extras.get("fsa") if "FSA" in r else None  # no FSA run: a render with it pending
         if rec is None or (backbone, ds, ir) in done:
             continue
         done.add((backbone, ds, ir))
@@ -233,11 +233,13 @@ def gain_frame(by: Dict[Setting, Dict[str, Any]], seed: int) -> "Any":
 
     rows = []
     for (backbone, ds, ir, s), r in by.items():
-        if s != seed:
+        if s != seed or "CE" not in r:
             continue
         base = np.array(r["CE"].last.per_class, dtype=float)
         _, tail = split_head_tail(r["CE"].counts)
         for method in ("FSA", "cRT"):
+            if method not in r:  # pending in a render that trains nothing
+                continue
             gain = np.array(r[method].last.per_class, dtype=float) - base
             rows += [{"backbone": BACKBONE_NAME[backbone], "dataset": ds, "IR": ir, "method": method, "class": c,
                       "train_count": int(n), "tail": c in tail, "gain": g} for c, (n, g) in enumerate(zip(r["CE"].counts, gain))]
@@ -255,6 +257,8 @@ def findings(by: Dict[Setting, Dict[str, Any]]) -> List[str]:
     over_crt: List[bool] = []
     per_setting: Dict[Tuple[str, str, float], List[Dict[str, Tuple[float, float]]]] = {}
     for (backbone, ds, ir, _seed), r in by.items():
+        if not all(m in r for m in STAGES):
+            continue  # a stage pending (a render that trains nothing): no verdict for this setting
         _, tail = split_head_tail(r["CE"].counts)
         per_setting.setdefault((backbone, ds, ir), []).append({m: (tail_acc(r[m], tail), r[m].last.top1) for m in STAGES})
     for (backbone, ds, ir), rows in per_setting.items():
