@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, MutableMapping,
 
 from . import plotting, profiles
 from .engine import TrainResult
-from .experiments import PlannedRun, check_datasets, experiment, materialize, pending
+from .experiments import PlannedRun, check_datasets, experiment, materialize
 from .io import atomic_write_text
 from .published import CAVEATS
 from .runs import RunSpec, RunStore
@@ -245,11 +245,12 @@ class Session:
         (:func:`ltbench.experiments.materialize`); the manifest ``runs.json`` goes to ``out``.
         With the parameter ``train_missing=False`` nothing trains: the runs not in the store are
         left out, kept in ``self.pending`` and named by :meth:`conclude`."""
-        weights = list(weights)
-        train = self.params.get("train_missing", True)
-        self.pending = [] if train is True else pending(planned, self.store, weights)
-        return materialize(planned, self.store, self.out, device=self.params.get("device", "auto"),
-                           data_root=self.params.get("data_root"), weights=weights, train=train)
+        results = materialize(planned, self.store, self.out, device=self.params.get("device", "auto"),
+                              data_root=self.params.get("data_root"), weights=weights,
+                              train=self.params.get("train_missing", True))
+        got = {r.meta["key"] for r in results}
+        self.pending = [r for r in planned if r.spec.key not in got]
+        return results
 
     def save(self, df: Any, name: str, title: Optional[str] = None) -> Any:
         """:func:`save_table` into ``out``; returns ``df``."""

@@ -61,9 +61,10 @@ DEFAULT_KERNEL = "python3"
 DEFAULT_CELL_TIMEOUT = 12 * 3600
 #: Parameters not compared for completeness: ``out_dir`` is where the marker itself lies, so
 #: comparing it would only make a moved results folder re-run everything.
-_NOT_COMPARED = ("out_dir", "store_dir", "train_missing")
-#: The notebook parameter ``--no-train`` sets to False (:func:`no_train_selection`).
+#: The notebook parameter ``--no-train`` sets to False (:func:`no_train_selection`). Not compared
+#: either: a render with every run in the store is the same with it True or False.
 TRAIN_MISSING = "train_missing"
+_NOT_COMPARED = ("out_dir", "store_dir", TRAIN_MISSING)
 
 OK, FAILED, SKIPPED, DEAD = "ok", "failed", "skipped", "dead-kernel"
 INTERRUPTED, PENDING = "interrupted", "would-run"
