@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -30,7 +31,7 @@ from .experiments import PlannedRun
 from .io import atomic_write_json, atomic_write_text
 from .plotting import new_figure, save, style
 from .runs import DONE, RunStore
-from .text import fmt, fmt_mean_std, markdown_table, verdict
+from .text import fmt, fmt_mean_std, gain_verdict, markdown_table
 
 __all__ = ["Comparison", "compare", "render", "grouped", "figure", "BASELINES", "check_method", "planned_runs",
            "check_baselines", "pending_keys"]
@@ -142,9 +143,8 @@ def grouped(planned: Sequence[PlannedRun], results: Sequence[TrainResult]
 def published_claim(name: str, method: str, cell: Tuple[str, float],
                     results: Mapping[str, Sequence[TrainResult]]) -> Optional[str]:
     """The sentence on the method's published gain over its own CE baseline (``PUBLISHED``)
-    beside ours over CE, paired by seed: *holds* when ours is positive and at least half the
-    published gain, *holds in part* when positive but smaller, *does not hold* otherwise (the rule
-    of the notebooks' conclusions). None when the method declares no published number."""
+    beside ours over CE, paired by seed, judged by :func:`~ltbench.text.gain_verdict` (the rule of
+    the notebooks' conclusions). None when the method declares no published number."""
     pub = published_of(method)
     if pub is None or "CE" not in results:
         return None
@@ -156,11 +156,9 @@ def published_claim(name: str, method: str, cell: Tuple[str, float],
         return head + f"; this comparison is on {cell[0]} IR{cell[1]:g}, so the published gain is context, not checked."
     diffs = [a.last.top1 - b.last.top1 for a, b in zip(results[name], results["CE"])]
     mean = sum(diffs) / len(diffs)
-    holds = mean > 0
-    partial = holds and gain > 0 and mean < gain / 2
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else None
     return (head + f"; ours over CE here {mean:+.2f} ({len(diffs)} seed{'s' if len(diffs) != 1 else ''}) → "
-            f"the claim {verdict(holds, partial=partial)}" + (" (positive, under half the published gain)" if partial
-                                                               else "") + ".")
+            f"the claim {gain_verdict(mean, gain, spread)}.")
 
 
 def pending_keys(planned: Sequence[PlannedRun], store: RunStore) -> List[str]:

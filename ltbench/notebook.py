@@ -133,7 +133,9 @@ def conclusion(claim: str, findings: "Any", profile: str, out_dir: Optional[str 
     if profile == "cpu":
         lines += ["> Profile `cpu` trains the papers' data and recipe compressed to a CPU budget (docs/methods.md §2): "
                   "a verdict compares each method's gain over the baseline with the published gain (its sign and "
-                  "size), not the absolute numbers, which no paper reports at this length.", ""]
+                  "size; a published gain within ±0.5 points claims no difference, "
+                  "[methods §10.8](../docs/methods.md#108-verdicts)), not the absolute numbers, "
+                  "which no paper reports at this length.", ""]
     elif profile != "paper":
         lines += [f"> Profile `{profile}` trains briefly on a subset: a verdict here checks the pipeline and the "
                   "direction of an effect, not the paper's numbers (those need the `paper` profile).", ""]

@@ -500,6 +500,88 @@ def _conclusions(root: Optional[Path], d: "pd.DataFrame") -> str:
     return f" Conclusions: {', '.join(links)}." if links else ""
 
 
+#: The published row every notebook's gains are measured from (its CE run, whatever its label).
+BASELINE_ROW = "CE (softmax)"
+#: Profiles left out of the claims table: they learn too little for a verdict to mean anything
+#: (their conclusions still state one, as a pipeline check).
+_NO_CLAIMS = ("quick", "smoke")
+
+
+def claims(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Every published gain over CE that the notebooks of ``df`` (:func:`collect`) check, once
+    per profile, with ours and the verdict (:func:`ltbench.text.gain_verdict`), exactly as the
+    notebooks' conclusions compute them (:func:`ltbench.experiments.gain_findings`): per notebook
+    and cell, each method's last-epoch top-1 minus the notebook's CE run, paired by seed. A run
+    shown by several notebooks (sigmoid CE in 02, 03 and 05) is one row naming them all."""
+    import pandas as pd
+
+    from ltbench.text import gain_verdict, mean_std
+
+    cols = ["profile", "method", "published_method", "dataset", "imbalance_ratio", "epochs", "n",
+            "published_gain", "gain", "gain_std", "verdict", "notebooks"]
+    out: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+    d = df[df["published_method"] != ""] if not df.empty else df
+    for (profile, nb, ds, ir), g in (d.groupby(["profile", "notebook", "dataset", "imbalance_ratio"], sort=False)
+                                     if not d.empty else []):
+        base = g[g["published_method"] == BASELINE_ROW].drop_duplicates("key")
+        pub_base = _published_lookup({"published_method": BASELINE_ROW, "dataset": ds, "imbalance_ratio": ir},
+                                     set())[0]
+        if base.empty or not _isnum(pub_base):
+            continue
+        base_by_seed = dict(zip(base["seed"], base["top1_last"]))
+        for (label, row), m in g[g["published_method"] != BASELINE_ROW].groupby(["method", "published_method"],
+                                                                                  sort=False):
+            pub = _published_lookup({"published_method": row, "dataset": ds, "imbalance_ratio": ir}, set())[0]
+            m = m.drop_duplicates("key")
+            pairs = [t - base_by_seed[sd] for sd, t in zip(m["seed"], m["top1_last"]) if sd in base_by_seed]
+            if not _isnum(pub) or not pairs:
+                continue
+            mean, sd_, n = mean_std(pairs)
+            ident = (profile, ds, float(ir), tuple(sorted(m["key"])), tuple(sorted(base["key"])))
+            if ident in out:
+                out[ident]["notebooks"].append(str(nb)[:2])
+                continue
+            gain = float(pub) - float(pub_base)
+            out[ident] = {"profile": profile, "method": label, "published_method": row, "dataset": ds,
+                          "imbalance_ratio": ir, "epochs": m["epochs"].max(), "n": n, "published_gain": gain,
+                          "gain": mean, "gain_std": sd_, "notebooks": [str(nb)[:2]],
+                          "verdict": gain_verdict(mean, gain, sd_ if n > 1 else None)}
+    rows = [{**r, "notebooks": ", ".join(r["notebooks"])} for r in out.values()]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def claims_section(table: "pd.DataFrame") -> List[str]:
+    """README lines: per profile (not quick or smoke) the claims table of :func:`claims`, with a
+    count of each verdict; none when no such profile has a claim."""
+    if table.empty:
+        return []
+    out = ["## Published gains over CE, checked", "",
+           "Each published gain of a method over CE beside ours at the profile's budget (last-epoch top-1, paired by "
+           "seed with the notebook's CE run), judged by one rule (docs/methods.md §10.8): a published gain holds "
+           "when ours is at least half of it, a published loss when ours is at least half as far below, and a "
+           "published gain within ±0.5 points (or the seed spread, if wider) claims no difference. The notebooks' "
+           "conclusions state the same lines.", ""]
+    shown = [p for p in _profile_sort(table["profile"]) if p not in _NO_CLAIMS]
+    if not shown:
+        return []
+    for profile in shown:
+        t = table[table["profile"] == profile]
+        words = [v.split(" (")[0] for v in t["verdict"]]
+        counts = ", ".join(f"{words.count(w)} {w}" for w in ("holds", "holds in part", "does not hold") if w in words)
+        out += [f"### `{profile}` ({counts}; {_n(len(t), 'claim')})", "",
+                markdown_table(["method", "published row", "cell", "epochs", "seeds", "published gain", "ours",
+                                "verdict", "notebooks"],
+                               [(r["method"], r["published_method"], f"{r['dataset']} IR{fmt_ir(r['imbalance_ratio'])}",
+                                 fmt(r["epochs"], 0), int(r["n"]), f"{r['published_gain']:+.2f}",
+                                 f"{r['gain']:+.2f}" + (f" ± {r['gain_std']:.2f}" if _isnum(r["gain_std"]) else ""),
+                                 r["verdict"], r["notebooks"]) for r in t.to_dict("records")]), ""]
+    skipped = sorted(set(table["profile"]) & set(_NO_CLAIMS))
+    if skipped:
+        out += [f"Left out: {', '.join(f'`{p}`' for p in skipped)}, which learn{'s' if len(skipped) == 1 else ''} too "
+                "little for a verdict (the conclusions there state one as a pipeline check).", ""]
+    return out
+
+
 def reproduction_status(df: "pd.DataFrame", summary: "pd.DataFrame", root: Optional[Path] = None) -> List[str]:
     """One line per paper: what is reproduced at paper scale (runs of the ``paper`` profile beside
     published cells) and what is not, computed from the runs present, with links to the
@@ -559,6 +641,7 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
     status = reproduction_status(df, summary, Path(results_dir))
     if status:
         out += ["## What is reproduced", "", *status, ""]
+    out += claims_section(claims(df))
     out += [f"Generated by `python -m ltbench report` on {now} ({_version_text(version)}) from {len(df)} runs of "
             "the notebooks (one row each in [summary.csv](summary.csv)). Regenerated on every report; do not edit.",
             ""]

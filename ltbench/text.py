@@ -7,7 +7,7 @@ import math
 import numbers
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
-__all__ = ["markdown_table", "fmt", "fmt_mean_std", "fmt_ir", "plural", "is_number", "verdict", "mean_std", "pm"]
+__all__ = ["markdown_table", "fmt", "fmt_mean_std", "fmt_ir", "plural", "is_number", "verdict", "gain_verdict", "NO_DIFFERENCE_BAND", "mean_std", "pm"]
 
 
 def _cell(v: Any) -> str:
@@ -86,3 +86,45 @@ def verdict(holds: Optional[bool], partial: bool = False) -> str:
     if partial:
         return "holds in part"
     return "holds" if holds else "does not hold"
+
+
+#: Published gains smaller than this in size (points of top-1) are read as "no difference from the
+#: baseline": the papers' numbers are single runs, and a +0.02 from one run is not a sign (this
+#: project's choice, docs/methods.md §10.8).
+NO_DIFFERENCE_BAND = 0.5
+
+
+def gain_verdict(ours: float, published: float, spread: Optional[float] = None) -> str:
+    """The verdict on a published gain over a baseline against ours (points of top-1), one rule for
+    every conclusion (docs/methods.md §10.8). The band is :data:`NO_DIFFERENCE_BAND`, or the seed
+    spread of our differences when that is larger:
+
+    - a published gain inside the band claims no difference: *holds* when ours is inside it too;
+    - a gain above it claims an improvement: *holds* when ours is at least half of it, *holds in
+      part* when ours is positive but smaller, *does not hold* when ours is not positive;
+    - a gain below it claims a loss, mirrored: *holds* when ours is at most half of it (as far below).
+
+    Returns the verdict with its reason where the plain word would mislead, e.g.
+    ``"holds (no difference: both within ±0.50 points)"``."""
+    if not (is_number(ours) and is_number(published)):
+        raise ValueError(f"gain_verdict: ours={ours!r} and published={published!r} must be numbers")
+    band = NO_DIFFERENCE_BAND
+    if spread is not None and is_number(spread) and float(spread) > band:
+        band = float(spread)
+    ours, published = float(ours), float(published)
+    if abs(published) < band:
+        if abs(ours) < band:
+            return f"holds (no difference: both within ±{band:.2f} points)"
+        side = "above" if ours > 0 else "below"
+        return f"does not hold (published: no difference; ours {abs(ours):.2f} points {side}, outside ±{band:.2f})"
+    if published > 0:
+        if ours >= published / 2:
+            return "holds"
+        if ours > 0:
+            return "holds in part (positive, under half the published gain)"
+        return "does not hold"
+    if ours <= published / 2:
+        return "holds (below the baseline, as published)"
+    if ours < 0:
+        return "holds in part (below the baseline, by under half the published loss)"
+    return "does not hold (published: below the baseline; ours is not)"

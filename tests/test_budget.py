@@ -107,3 +107,40 @@ def test_gain_findings_compare_each_gain_over_ce_with_the_published_gain():
     assert gain_findings(one) == ["BBN vs CE, cifar10-IR100: published +9.46 points (79.82 vs 70.36); ours -1.00 → "
                                   "does not hold."]
     assert gain_findings(one[one.method == "BBN"]) == [] and gain_findings(one.iloc[0:0]) == []
+
+
+def test_gain_verdict_reads_a_published_gain_as_a_gain_a_loss_or_no_difference():
+    from ltbench.text import NO_DIFFERENCE_BAND, gain_verdict
+
+    assert NO_DIFFERENCE_BAND == 0.5
+    # A gain: at least half of it holds, under half in part, not positive does not.
+    assert gain_verdict(3.0, 6.0) == "holds" and gain_verdict(10.0, 6.0) == "holds"
+    assert gain_verdict(2.99, 6.0).startswith("holds in part") and gain_verdict(0.0, 6.0) == "does not hold"
+    # A loss, mirrored: CB Table 2's sigmoid focal gamma 2 is 0.77 below CE; ours 2.21 below agrees.
+    assert gain_verdict(-2.21, -0.77) == "holds (below the baseline, as published)"
+    assert gain_verdict(-0.385, -0.77).startswith("holds (below")  # exactly half
+    assert gain_verdict(-0.2, -0.77).startswith("holds in part (below the baseline")
+    assert gain_verdict(0.0, -0.77).startswith("does not hold (published: below")
+    # Inside the band the paper claims no difference (+0.02, -0.13): the sign of ours is noise.
+    assert gain_verdict(-0.21, 0.02) == "holds (no difference: both within ±0.50 points)"
+    assert gain_verdict(0.49, -0.13).startswith("holds (no difference")
+    assert gain_verdict(-0.5, 0.02) == ("does not hold (published: no difference; ours 0.50 points below, "
+                                        "outside ±0.50)")
+    # A measured seed spread wider than the band widens it, a narrower one does not narrow it.
+    assert gain_verdict(0.9, 0.6, spread=1.0).startswith("holds (no difference: both within ±1.00")
+    assert gain_verdict(0.25, 0.6, spread=0.1) == "holds in part (positive, under half the published gain)"
+    with pytest.raises(ValueError, match="published=None"):
+        gain_verdict(1.0, None)
+
+
+def test_gain_findings_use_the_same_rule_for_published_losses_and_no_differences():
+    import pandas as pd
+
+    from ltbench.experiments import gain_findings
+
+    rows = [{"method": m, "dataset": "cifar10", "IR": 100, "seed": 0, "top1_last": t, "published": p}
+            for m, t, p in (("CE", 64.04, 70.36), ("focal 2", 61.83, 69.59), ("focal 1", 63.83, 70.38))]
+    lines = gain_findings(pd.DataFrame(rows), epochs=50)
+    assert lines[0] == ("focal 2 vs CE, cifar10-IR100: published -0.77 points (69.59 vs 70.36); ours -2.21 at 50 "
+                        "epochs → holds (below the baseline, as published).")
+    assert lines[1].endswith("ours -0.21 at 50 epochs → holds (no difference: both within ±0.50 points).")

@@ -209,3 +209,57 @@ def test_readme_with_paper_scale_runs(tmp_path: Path) -> None:
     assert "**paper scale**" in line and "1 of 6 published cells have a run at this scale" in line
     assert "mean -1.00" in line and "5 published cells without one" in line
     assert "1 of 1 paper" in readme
+
+
+def test_claims_table_checks_each_published_gain_once_as_the_notebooks_do(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from ltbench.experiments import gain_findings
+    from ltbench.report import claims, claims_section
+
+    root = tmp_path / "results"
+    ce = [run(root, "cpu", "02_f", "CE", 100, s, 64.0 + s, paper="F", published_method="CE (softmax)")
+          for s in (0, 1)]
+    for s in (0, 1):
+        run(root, "cpu", "03_c", "softmax", 100, s, 64.0 + s, paper="C", key=ce[s], published_method="CE (softmax)")
+    # One sigmoid focal gamma 2 run per seed, shown by both notebooks under two labels: one claim.
+    f2 = [run(root, "cpu", "02_f", "sigmoid focal gamma 2", 100, s, 62.0 + 0.5 * s, paper="F",
+              published_method="sigmoid focal gamma 2") for s in (0, 1)]
+    for s in (0, 1):
+        run(root, "cpu", "03_c", "focal gamma 2", 100, s, 62.0 + 0.5 * s, paper="C", key=f2[s],
+            published_method="sigmoid focal gamma 2")
+    run(root, "cpu", "03_c", "CB focal beta 0.9999 gamma 1", 100, 0, 66.0, paper="C",
+        published_method="CB focal beta 0.9999 gamma 1")  # seed 0 only: paired with CE seed 0
+    run(root, "cpu", "03_c", "mine", 100, 0, 90.0, paper="C")  # no published row: no claim
+    run(root, "quick", "01_q", "CE", 100, 0, 20.0, paper="Q", published_method="CE (softmax)")
+    run(root, "quick", "01_q", "CE-DRW", 100, 0, 30.0, paper="Q", published_method="CE-DRW")
+
+    df, problems = collect(root)
+    assert not problems
+    t = claims(df)
+    cpu = t[t["profile"] == "cpu"].set_index("published_method")
+    assert sorted(cpu.index) == ["CB focal beta 0.9999 gamma 1", "sigmoid focal gamma 2"]
+    f = cpu.loc["sigmoid focal gamma 2"]
+    assert (f["method"], f["notebooks"], f["n"]) == ("sigmoid focal gamma 2", "02, 03", 2)
+    assert f["published_gain"] == pytest.approx(69.59 - 70.36) and f["gain"] == pytest.approx(-2.25)
+    assert f["gain_std"] == pytest.approx(0.3535534, abs=1e-6)
+    assert f["verdict"] == "holds (below the baseline, as published)"
+    cb = cpu.loc["CB focal beta 0.9999 gamma 1"]
+    assert (cb["n"], cb["gain"], cb["verdict"]) == (1, pytest.approx(2.0), "holds in part (positive, under half "
+                                                                             "the published gain)")
+    # The notebooks' own conclusion lines give the same verdicts from the same rows.
+    nb = df[(df["notebook"] == "03_c")].rename(columns={"imbalance_ratio": "IR"})
+    nb["published"] = [None if not p else {"CE (softmax)": 70.36, "sigmoid focal gamma 2": 69.59,
+                                           "CB focal beta 0.9999 gamma 1": 74.57}[p] for p in nb["published_method"]]
+    lines = gain_findings(pd.DataFrame(nb), baseline="softmax")
+    for line in lines:
+        row = cpu.loc["sigmoid focal gamma 2" if line.startswith("focal") else "CB focal beta 0.9999 gamma 1"]
+        assert line.endswith(f"→ {row['verdict']}.")
+    text = "\n".join(claims_section(t))
+    assert "### `cpu` (1 holds, 1 holds in part; 2 claims)" in text
+    assert "| -0.77 " in text and "-2.25 ± 0.35" in text and "CE-DRW" not in text
+    assert "Left out: `quick`, which learns too little" in text
+    assert claims_section(t[t["profile"] == "quick"]) == [] and claims_section(t.iloc[0:0]) == []
+    readme = write_report(root)["readme"].read_text()
+    assert readme.index("## What is reproduced") < readme.index("## Published gains over CE, checked") \
+        < readme.index("## Caveats")

@@ -38,7 +38,7 @@ from ..methods import joint_spec
 from ..parameters import notebook_parameters
 from ..published import published
 from ..runs import ExecOptions, RunSpec, RunStore, run
-from ..text import verdict
+from ..text import gain_verdict
 
 __all__ = [
     "PlannedRun", "EXPERIMENTS", "experiment", "tier_for", "materialize", "select", "notebook_parameters",
@@ -387,9 +387,9 @@ def results_frame(results: Iterable[TrainResult]) -> "Any":
 def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None) -> List[str]:
     """One line per (method, dataset, IR) of ``df`` (:func:`results_frame`) that has a published
     number: the published gain over ``baseline``, ours (the last-epoch difference per seed, paired
-    by seed, mean ± std), and whether the claim holds: *holds* when ours is positive and at least
-    half the published gain, *holds in part* when it is positive but smaller, *does not hold* when
-    it is not positive. With several seeds the line says whether the mean exceeds the seed spread."""
+    by seed, mean ± std), and whether the claim holds by :func:`~ltbench.text.gain_verdict` (a
+    gain, a loss, or no difference when the published gain is inside the band). With several seeds
+    the line says whether the mean exceeds the seed spread."""
     import numpy as np
 
     lines: List[str] = []
@@ -408,17 +408,14 @@ def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None)
                 continue
             pub_gain = float(pub.iloc[0]) - pub_base
             mean = float(np.mean(pairs))
-            spread = ""
+            spread, sd_ = "", None
             if len(pairs) > 1:
                 sd_ = float(np.std(pairs, ddof=1))
                 spread = (f" ± {sd_:.2f} over {len(pairs)} seeds, "
                           f"{'beyond' if abs(mean) > sd_ else 'within'} the seed spread")
-            holds = mean > 0
-            partial = holds and pub_gain > 0 and mean < pub_gain / 2
             at = f" at {epochs} epochs" if epochs else ""
             lines.append(f"{method} vs {baseline}, {ds}-IR{float(ir):g}: published {pub_gain:+.2f} points "
                          f"({float(pub.iloc[0]):.2f} vs {pub_base:.2f}); ours {mean:+.2f}{spread}{at} → "
-                         f"{verdict(holds, partial=partial)}"
-                         + (" (positive, under half the published gain)" if partial else "") + ".")
+                         f"{gain_verdict(mean, pub_gain, sd_)}.")
     return lines
 
