@@ -278,10 +278,11 @@ def run(spec: RunSpec, store: Union[RunStore, str, os.PathLike], options: Option
         force: bool = False, require_weights: bool = False) -> TrainResult:
     """Return the finished result of ``spec`` from ``store``, training what is missing.
 
-    Dependencies run first (their weights are needed: a finished dependency whose checkpoint is
-    missing, as in committed results, is trained again; runs are deterministic on CPU). A
-    finished run is loaded, an interrupted one resumes from its checkpoint, anything else is
-    trained and saved atomically (``metrics.json`` last). ``require_weights``: also make sure the
+    A finished run is loaded without touching its dependencies. Otherwise its dependencies run
+    first (their weights are needed: a finished dependency whose checkpoint is missing, as in
+    committed results, is trained again; runs are deterministic on CPU), an interrupted run
+    resumes from its checkpoint, and anything else is trained and saved atomically
+    (``metrics.json`` last). ``require_weights``: also make sure the
     run's own last-epoch checkpoint exists. ``force``: recompute this run (not its dependencies).
     Raises :class:`~ltbench.engine.DeadlineReached` when ``options.deadline`` stops it (resume
     by calling again) and :class:`RunLocked` when another process is training it.
@@ -294,16 +295,18 @@ def run(spec: RunSpec, store: Union[RunStore, str, os.PathLike], options: Option
     options = options or ExecOptions()
     if not isinstance(options, ExecOptions):
         raise ValueError(f"options must be an ExecOptions, got {options!r}")
-    if options.writer and not (not force and store.load(spec) is not None and not require_weights):
+    if not force:
+        # A finished run is only read: its dependencies' weights are needed to train it, not to
+        # load it (a render of committed results, or of a store whose stage 1 is gone, trains nothing).
+        done = store.load(spec)
+        if done is not None and (not require_weights or store.has_weights(spec)):
+            return done
+    if options.writer:
         store.check_writable()  # before any dependency is trained
     dep_dirs: Dict[str, Path] = {}
     for name, dep in spec.deps:
         run(dep, store, options, require_weights=True)
         dep_dirs[name] = store.folder(dep)
-    if not force:
-        done = store.load(spec)
-        if done is not None and (not require_weights or store.has_weights(spec)):
-            return done
     folder = store.folder(spec)
     existed = folder.exists()
     try:

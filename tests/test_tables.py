@@ -151,6 +151,22 @@ def test_bbn_grid_findings_and_table5():
     lines = bbn.findings(checks, bbn.ablation_summary(pd.DataFrame()), grid.iloc[0:0], 50, "cifar10")
     assert lines[0].startswith("cifar100-IR50, finding 1: CE features best for a fixed classifier: true in 3 of 3")
     assert lines[1].endswith("→ holds in part.") and "cannot be checked" in lines[2]
+    # A part-way grid (RS features' RW classifier pending): the cases that need it cannot be
+    # checked, the others are judged on the cells there are.
+    part = grid[~((grid.representation == "RS") & (grid.classifier == "RW"))]
+    pc = bbn.grid_checks(part)
+    assert list(pc["holds"]) == [True, None, True, True, True, None]
+    assert pc.iloc[1]["detail"] == "CE 63.00, RW 56.00, RS pending"
+    plines = bbn.findings(pc, bbn.ablation_summary(pd.DataFrame()), grid.iloc[0:0], 50, "cifar10")
+    assert plines[0].startswith("cifar100-IR50, finding 1: CE features best for a fixed classifier: true in 2 of 2 "
+                                "cases (1 more wait for pending runs)") and plines[0].endswith("→ holds.")
+    assert "true in 2 of 2 cases (1 more" in plines[1]
+    only_ce = bbn.grid_checks(part[part.classifier == "CE"])  # every RW and RS classifier pending
+    assert list(only_ce["holds"]) == [True, None, None, None, None, None]
+    assert bbn.findings(only_ce, bbn.ablation_summary(pd.DataFrame()), grid.iloc[0:0], 50, None)[1] == (
+        "cifar100-IR50, finding 2: RW/RS classifier beats CE for fixed features: every case needs a pending run "
+        "(CE features: CE 61.00, RW pending, RS pending; RW features: CE 51.00, RW pending, RS pending; "
+        "RS features: CE 59.00, RW pending, RS pending) → cannot be checked.")
 
 
 def test_class_balanced_grid_positions_and_best_per_column():

@@ -332,6 +332,28 @@ def test_changed_stage1_is_another_stage2_run(stage1_spec, store):
     assert second.last.per_class != first.last.per_class
 
 
+def test_a_finished_stage2_run_loads_without_its_stage1(stage1_spec, store, monkeypatch):
+    """Loading a finished run reads its folder only: a stage 1 whose checkpoint (or whole folder)
+    is gone is not retrained for it, as it was when every dependency ran first. Training one that
+    needs it, or asking for the stage-2 weights, still rebuilds the stage 1."""
+    import shutil
+
+    from ltbench import runs as runs_mod
+
+    crt = stage_two_spec(stage1_spec, "crt", epochs=1)
+    first = run(crt, store, CPU)
+    shutil.rmtree(store.folder(stage1_spec))
+    trained = []
+    real = runs_mod._train
+    monkeypatch.setattr(runs_mod, "_train", lambda spec, *a, **k: trained.append(spec.key) or real(spec, *a, **k))
+    again = run(crt, store, CPU)
+    assert trained == [] and store.status(stage1_spec) == "pending"
+    assert again.last.per_class == first.last.per_class
+    (store.folder(crt) / CHECKPOINT_FILE).unlink()
+    run(crt, store, CPU, require_weights=True)  # the weights need the stage 1: it is trained, then stage 2
+    assert trained == [stage1_spec.key, crt.key] and store.has_weights(crt) and store.status(stage1_spec) == "done"
+
+
 @pytest.mark.parametrize("tau", [-0.1, 5.5, float("nan"), float("inf"), "1", True])
 def test_tau_outside_sane_range(stage1_spec, tau):
     with pytest.raises(ValueError, match="tau"):
