@@ -550,9 +550,63 @@ def claims(df: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=cols)
 
 
-def claims_section(table: "pd.DataFrame") -> List[str]:
+#: Colour of each verdict in the claims figure.
+_VERDICT_COLORS = {"holds": "#2ca02c", "holds in part": "#ff7f0e", "does not hold": "#d62728"}
+
+
+def plot_claims(table: "pd.DataFrame", title: str, path: Path) -> Path:
+    """One row per claim of ``table`` (:func:`claims`, one profile), sorted by published gain: the
+    published gain (open star) and ours (filled, coloured by verdict, ± the seed spread) over CE,
+    joined by a line, beside the ±0.5-point no-difference band. PNG at ``path``, a PDF beside it."""
+    from ltbench.text import NO_DIFFERENCE_BAND
+
+    t = table.sort_values("published_gain", kind="stable").reset_index(drop=True)
+    with style():
+        fig = new_figure(7.2, 0.32 * len(t) + 1.5)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axvspan(-NO_DIFFERENCE_BAND, NO_DIFFERENCE_BAND, color="#dddddd", alpha=0.6, lw=0,
+                   label=f"no difference (±{NO_DIFFERENCE_BAND:g})")
+        ax.axvline(0, color="black", lw=0.8)
+        seen = set()
+        for i, r in t.iterrows():
+            word = r["verdict"].split(" (")[0]
+            color = _VERDICT_COLORS.get(word, "black")
+            ax.plot([r["published_gain"], r["gain"]], [i, i], color="#bbbbbb", lw=1.2, zorder=1)
+            ax.plot([r["published_gain"]], [i], marker="*", markersize=10, markerfacecolor="none", color=PUBLISHED_COLOR,
+                    linestyle="none", zorder=2, label="published (200 epochs)" if "pub" not in seen else None)
+            xerr = r["gain_std"] if _isnum(r["gain_std"]) else None
+            ax.errorbar([r["gain"]], [i], xerr=xerr, marker="o", color=color, linestyle="none", capsize=3, zorder=3,
+                        label=f"ours: {word}" if word not in seen else None)
+            seen.update({"pub", word})
+        ax.set_yticks(range(len(t)), [f"{m} ({nb})" for m, nb in zip(t["method"], t["notebooks"])], fontsize=7)
+        ax.set_ylim(-0.7, len(t) - 0.3)
+        ax.set_xlabel("top-1 gain over CE (points)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.tight_layout()
+        return save(fig, path)[0]
+
+
+def claim_figures(table: "pd.DataFrame", figures_dir: Path) -> Dict[str, Path]:
+    """:func:`plot_claims` for each profile of ``table`` that the claims section shows, as
+    ``figures_dir/claims_<profile>.png`` (and ``.pdf``)."""
+    out: Dict[str, Path] = {}
+    for profile in _profile_sort(table["profile"]) if not table.empty else []:
+        if profile not in _NO_CLAIMS:
+            t = table[table["profile"] == profile]
+            lo, hi = int(t["n"].min()), int(t["n"].max())
+            seeds = _n(hi, "seed") if lo == hi else f"{lo}-{hi} seeds"
+            out[profile] = plot_claims(t, f"Published gains over CE against ours ({profile} profile, {seeds})",
+                                       figures_dir / f"claims_{_slug(profile)}.png")
+    return out
+
+
+def claims_section(table: "pd.DataFrame", figures: Optional[Dict[str, Path]] = None,
+                   results_dir: Optional[Path] = None) -> List[str]:
     """README lines: per profile (not quick or smoke) the claims table of :func:`claims`, with a
-    count of each verdict; none when no such profile has a claim."""
+    count of each verdict and the profile's figure of ``figures`` (:func:`plot_claims`, linked
+    relative to ``results_dir``); none when no such profile has a claim."""
     if table.empty:
         return []
     out = ["## Published gains over CE, checked", "",
@@ -575,6 +629,10 @@ def claims_section(table: "pd.DataFrame") -> List[str]:
                                  fmt(r["epochs"], 0), int(r["n"]), f"{r['published_gain']:+.2f}",
                                  f"{r['gain']:+.2f}" + (f" ± {r['gain_std']:.2f}" if _isnum(r["gain_std"]) else ""),
                                  r["verdict"], r["notebooks"]) for r in t.to_dict("records")]), ""]
+        png = (figures or {}).get(profile)
+        if png is not None and results_dir is not None:
+            out += [f"![claims {profile}]({_rel(png, results_dir)})", "",
+                    f"[PDF]({_rel(png.with_suffix('.pdf'), results_dir)})", ""]
     skipped = sorted(set(table["profile"]) & set(_NO_CLAIMS))
     if skipped:
         out += [f"Left out: {', '.join(f'`{p}`' for p in skipped)}, which learn{'s' if len(skipped) == 1 else ''} too "
@@ -633,15 +691,17 @@ def reproduction_status(df: "pd.DataFrame", summary: "pd.DataFrame", root: Optio
 
 def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
                   figures: Dict[str, List[Path]], results_dir: Path,
-                  problems: Sequence[str] = (), version: Optional[Dict[str, Any]] = None) -> str:
-    """The text of ``results/README.md``."""
+                  problems: Sequence[str] = (), version: Optional[Dict[str, Any]] = None,
+                  claim_pngs: Optional[Dict[str, Path]] = None) -> str:
+    """The text of ``results/README.md`` (``claim_pngs``: :func:`claim_figures`, shown in the
+    claims section)."""
     version = version or code_version()
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     out = ["# ltbench results", ""]
     status = reproduction_status(df, summary, Path(results_dir))
     if status:
         out += ["## What is reproduced", "", *status, ""]
-    out += claims_section(claims(df))
+    out += claims_section(claims(df), claim_pngs, Path(results_dir))
     out += [f"Generated by `python -m ltbench report` on {now} ({_version_text(version)}) from {len(df)} runs of "
             "the notebooks (one row each in [summary.csv](summary.csv)). Regenerated on every report; do not edit.",
             ""]
@@ -711,10 +771,11 @@ def write_report(results_dir: os.PathLike | str = "results") -> Dict[str, Any]:
     problems = [*problems, *more]
     csv = atomic_write_text(root / "summary.csv", df.to_csv(index=False))
     figures = make_figures(summary, root / "figures")
+    claim_pngs = claim_figures(claims(df), root / "figures")  # after make_figures, which removes what it did not write
 
     budget = budget_frame(root)
     budget_png = plot_budget(budget, root / "figures" / "budget_cifar10_ir100.png")
-    text = render_readme(df, summary, figures, root, problems)
+    text = render_readme(df, summary, figures, root, problems, claim_pngs=claim_pngs)
     if budget_png is not None:
         text = text.rstrip("\n") + "\n\n" + "\n".join(budget_section(budget, budget_png, root)) + "\n"
     readme = atomic_write_text(root / "README.md", text)

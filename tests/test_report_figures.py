@@ -263,3 +263,10 @@ def test_claims_table_checks_each_published_gain_once_as_the_notebooks_do(tmp_pa
     readme = write_report(root)["readme"].read_text()
     assert readme.index("## What is reproduced") < readme.index("## Published gains over CE, checked") \
         < readme.index("## Caveats")
+    # One figure per shown profile, linked under its table; none for quick.
+    assert "![claims cpu](figures/claims_cpu.png)" in readme and "[PDF](figures/claims_cpu.pdf)" in readme
+    png = root / "figures" / "claims_cpu.png"
+    assert png.read_bytes().startswith(b"\x89PNG") and (root / "figures" / "claims_cpu.pdf").is_file()
+    assert not (root / "figures" / "claims_quick.png").exists()
+    _, height = png_size(png)
+    assert height > 300  # two rows, a title, the axis
