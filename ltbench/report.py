@@ -36,7 +36,7 @@ from ltbench.provenance import code_version as run_code_version
 from ltbench.published import CAVEATS, ROWS, published, source
 from ltbench.runner import MARKER
 from ltbench.tables import seed_stats
-from ltbench.text import fmt, fmt_ir, fmt_mean_std, markdown_table
+from ltbench.text import NO_DIFFERENCE_BAND, fmt, fmt_ir, fmt_mean_std, gain_verdict, markdown_table, mean_std
 from ltbench.text import is_number as _isnum
 from ltbench.text import plural as _n
 
@@ -515,8 +515,6 @@ def claims(df: "pd.DataFrame") -> "pd.DataFrame":
     shown by several notebooks (sigmoid CE in 02, 03 and 05) is one row naming them all."""
     import pandas as pd
 
-    from ltbench.text import gain_verdict, mean_std
-
     cols = ["profile", "method", "published_method", "dataset", "imbalance_ratio", "epochs", "n",
             "published_gain", "gain", "gain_std", "verdict", "notebooks"]
     out: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
@@ -558,8 +556,6 @@ def plot_claims(table: "pd.DataFrame", title: str, path: Path) -> Path:
     """One row per claim of ``table`` (:func:`claims`, one profile), sorted by published gain: the
     published gain (open star) and ours (filled, coloured by verdict, ± the seed spread) over CE,
     joined by a line, beside the ±0.5-point no-difference band. PNG at ``path``, a PDF beside it."""
-    from ltbench.text import NO_DIFFERENCE_BAND
-
     t = table.sort_values("published_gain", kind="stable").reset_index(drop=True)
     with style():
         fig = new_figure(7.2, 0.32 * len(t) + 1.5)
