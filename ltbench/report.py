@@ -516,7 +516,7 @@ def claims(df: "pd.DataFrame") -> "pd.DataFrame":
     import pandas as pd
 
     cols = ["profile", "method", "published_method", "dataset", "imbalance_ratio", "epochs", "n",
-            "published_gain", "gain", "gain_std", "verdict", "notebooks"]
+            "published_gain", "gain", "gain_std", "many", "medium", "few", "verdict", "notebooks"]
     out: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
     d = df[df["published_method"] != ""] if not df.empty else df
     for (profile, nb, ds, ir), g in (d.groupby(["profile", "notebook", "dataset", "imbalance_ratio"], sort=False)
@@ -527,6 +527,7 @@ def claims(df: "pd.DataFrame") -> "pd.DataFrame":
         if base.empty or not _isnum(pub_base):
             continue
         base_by_seed = dict(zip(base["seed"], base["top1_last"]))
+        base_split = {k: dict(zip(base["seed"], base[k])) for k in _SPLITS if k in base}
         for (label, row), m in g[g["published_method"] != BASELINE_ROW].groupby(["method", "published_method"],
                                                                                   sort=False):
             pub = _published_lookup({"published_method": row, "dataset": ds, "imbalance_ratio": ir}, set())[0]
@@ -540,12 +541,25 @@ def claims(df: "pd.DataFrame") -> "pd.DataFrame":
                 out[ident]["notebooks"].append(str(nb)[:2])
                 continue
             gain = float(pub) - float(pub_base)
+            split = {}
+            for k, ref in base_split.items():  # where the change lands: seed-paired, class groups that exist
+                d = [v - ref[sd] for sd, v in zip(m["seed"], m[k]) if sd in ref and _isnum(v) and _isnum(ref[sd])]
+                split[k] = sum(d) / len(d) if d else None
             out[ident] = {"profile": profile, "method": label, "published_method": row, "dataset": ds,
                           "imbalance_ratio": ir, "epochs": m["epochs"].max(), "n": n, "published_gain": gain,
-                          "gain": mean, "gain_std": sd_, "notebooks": [str(nb)[:2]],
+                          "gain": mean, "gain_std": sd_, **split, "notebooks": [str(nb)[:2]],
                           "verdict": gain_verdict(mean, gain, sd_ if n > 1 else None)}
     rows = [{**r, "notebooks": ", ".join(r["notebooks"])} for r in out.values()]
     return pd.DataFrame(rows, columns=cols)
+
+
+#: The class groups of docs/methods.md §1, as the claims table shows them.
+_SPLITS = ("many", "medium", "few")
+
+
+def _split_text(r: Dict[str, Any]) -> str:
+    """``"-7.9 / +22.0 / -"``: a claim's change per class group over CE (``-`` for a group without classes)."""
+    return " / ".join(f"{r[k]:+.1f}" if _isnum(r.get(k)) else "-" for k in _SPLITS)
 
 
 #: Colour of each verdict in the claims figure.
@@ -609,22 +623,25 @@ def claims_section(table: "pd.DataFrame", figures: Optional[Dict[str, Path]] = N
            "Each published gain of a method over CE beside ours at the profile's budget (last-epoch top-1, paired by "
            "seed with the notebook's CE run), judged by one rule (docs/methods.md §10.8): a published gain holds "
            "when ours is at least half of it, a published loss when ours is at least half as far below, and a "
-           "published gain within ±0.5 points (or the seed spread, if wider) claims no difference. The notebooks' "
-           "conclusions state the same lines.", ""]
+           "published gain within ±0.5 points (or the seed spread, if wider) claims no difference. *ours: many / med "
+           "/ few* splits our gain by class group (docs/methods.md §1; `-`: no class in the group), which shows where "
+           "a method that falls short moves accuracy. The notebooks' conclusions state the same lines.", ""]
     shown = [p for p in _profile_sort(table["profile"]) if p not in _NO_CLAIMS]
     if not shown:
         return []
     for profile in shown:
         t = table[table["profile"] == profile]
         words = [v.split(" (")[0] for v in t["verdict"]]
-        counts = ", ".join(f"{words.count(w)} {w}" for w in ("holds", "holds in part", "does not hold") if w in words)
+        counts = ", ".join(f"{words.count(w)} {w if words.count(w) == 1 else many}" for w, many in
+                           (("holds", "hold"), ("holds in part", "hold in part"), ("does not hold", "do not hold"))
+                           if w in words)
         out += [f"### `{profile}` ({counts}; {_n(len(t), 'claim')})", "",
                 markdown_table(["method", "published row", "cell", "epochs", "seeds", "published gain", "ours",
-                                "verdict", "notebooks"],
+                                "ours: many / med / few", "verdict", "notebooks"],
                                [(r["method"], r["published_method"], f"{r['dataset']} IR{fmt_ir(r['imbalance_ratio'])}",
                                  fmt(r["epochs"], 0), int(r["n"]), f"{r['published_gain']:+.2f}",
                                  f"{r['gain']:+.2f}" + (f" ± {r['gain_std']:.2f}" if _isnum(r["gain_std"]) else ""),
-                                 r["verdict"], r["notebooks"]) for r in t.to_dict("records")]), ""]
+                                 _split_text(r), r["verdict"], r["notebooks"]) for r in t.to_dict("records")]), ""]
         png = (figures or {}).get(profile)
         if png is not None and results_dir is not None:
             out += [f"![claims {profile}]({_rel(png, results_dir)})", "",

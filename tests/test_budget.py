@@ -107,6 +107,12 @@ def test_gain_findings_compare_each_gain_over_ce_with_the_published_gain():
     assert gain_findings(one) == ["BBN vs CE, cifar10-IR100: published +9.46 points (79.82 vs 70.36); ours -1.00 → "
                                   "does not hold."]
     assert gain_findings(one[one.method == "BBN"]) == [] and gain_findings(one.iloc[0:0]) == []
+    # With class-group accuracy, a claim that falls short says where ours moved; one that holds does not.
+    split = pd.DataFrame(rows)
+    split["many"], split["medium"], split["few"] = split["top1_last"] + 1, split["top1_last"] - 2, float("nan")
+    split.loc[split.method == "BBN", "medium"] += 10
+    out = gain_findings(split)
+    assert "Per split" not in out[0] and out[1].endswith("Per split, ours − baseline: many +1.00, medium +11.00.")
 
 
 def test_gain_verdict_reads_a_published_gain_as_a_gain_a_loss_or_no_difference():

@@ -116,6 +116,32 @@ def test_class_balanced_weights():
     assert torch.allclose(effective_number([1, 2], 0.5).float(), t([1.0, 1.5]))
 
 
+def test_mean_sample_weight_is_the_loss_scale_of_a_loss_divided_by_n():
+    from ltbench.losses import mean_sample_weight
+
+    # Equal counts or all-ones weights: an average batch carries weight 1.
+    assert mean_sample_weight([7, 7, 7], class_balanced_weights([7, 7, 7], 0.9999)) == pytest.approx(1.0)
+    assert mean_sample_weight([5000, 50], torch.ones(2)) == pytest.approx(1.0)
+    # Inverse frequency (sum C): w_j = C / (n_j sum_k 1/n_k), so the mean is C^2 / (N sum_k 1/n_k).
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    closed = len(counts) ** 2 / (sum(counts) * sum(1 / n for n in counts))
+    assert mean_sample_weight(counts, inverse_frequency_weights(counts)) == pytest.approx(closed, rel=1e-6)
+    # CB weights at beta 0.9999 on CIFAR-10-LT IR100 lie between inverse frequency and no weights.
+    cb = mean_sample_weight(counts, class_balanced_weights(counts, 0.9999))
+    assert closed < cb < 1 and cb == pytest.approx(0.17099516, rel=1e-6)
+    # It is what dividing by N scales: the weighted loss over a batch drawn at the class frequencies.
+    y = torch.repeat_interleave(torch.arange(10), torch.tensor(counts))
+    z = torch.randn(len(y), 10, generator=torch.Generator().manual_seed(0))
+    w = class_balanced_weights(counts, 0.9999)
+    per = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    by_n = build_loss("cb_softmax", counts, beta=0.9999)(z, y)
+    by_sum = torch.nn.functional.cross_entropy(z, y, weight=w)
+    assert float(by_n / by_sum) == pytest.approx(cb, rel=1e-5)
+    assert float((w[y] * per).sum() / len(y)) == pytest.approx(float(by_n), rel=1e-5)
+    with pytest.raises(ValueError, match="weights must have one value per class"):
+        mean_sample_weight([1, 2, 3], torch.ones(2))
+
+
 def test_inverse_frequency_weights():
     assert torch.allclose(inverse_frequency_weights([3, 1]), t([0.5, 1.5]))
     assert torch.allclose(inverse_frequency_weights([4, 1], power=0.5), t([2 / 3, 4 / 3]))

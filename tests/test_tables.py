@@ -182,3 +182,55 @@ def test_class_balanced_grid_positions_and_best_per_column():
     assert best["last - published"] == pytest.approx(74.0 - best["published best"])
     mean, rows, cols = cb.table2_grid(df)
     assert rows == ["softmax", "focal γ=1"] and cols == ["plain", "β=0.9999"]
+
+
+def test_cb_softmax_diagnostic_plans_one_change_at_a_time_and_shares_ce_drw():
+    from ltbench.experiments import class_balanced_loss as cb
+    from ltbench.executor import collect
+
+    by_nb = collect("cpu")
+    mine = {r.label: r for r in by_nb["03_class_balanced_loss"]}
+    theirs = {r.label: r for r in by_nb["04_bbn_and_two_stage"]}
+    assert mine["CE-DRW"].spec.key == theirs["CE-DRW"].spec.key  # trained once, shown by both
+    wm, drw, cbs = (mine[k].spec.config for k in ("CB weights, weighted mean", "CE-DRW", "CB softmax beta 0.9999"))
+    assert (wm["loss"], wm["drw_epoch"], wm["drw_beta"]) == ("ce", 0, 0.9999) and drw["drw_epoch"] == 40
+    assert {k for k in wm if wm[k] != drw[k]} == {"drw_epoch"}
+    assert {k for k in wm if wm[k] != cbs[k]} == {"loss", "loss_params", "drw_epoch"}
+    assert mine["CB weights, weighted mean"].tier == 1 and mine["CB weights, weighted mean"].published_method is None
+    plain = dict(datasets=["cifar10"], imbalance_ratios=[100], epochs=10)
+    assert not {"CE-DRW", "CB weights, weighted mean"} & {r.label for r in cb.runs(methods=["softmax"], **plain)}
+    assert not {r.label for r in cb.runs(diagnostics=False, **plain)} & set(cb.DIAGNOSTICS)
+    with pytest.raises(ValueError, match="diagnostics must be True or False, got 'yes'"):
+        cb.runs(diagnostics="yes", **plain)
+
+
+def test_cb_softmax_diagnostic_table_and_findings():
+    from ltbench.data.counts import long_tailed_counts
+    from ltbench.experiments import class_balanced_loss as cb
+
+    rows = [{"method": m, "dataset": "cifar10", "IR": 100, "seed": 0, "top1_last": t, "many": a, "medium": b,
+             "few": float("nan"), "published": p}
+            for m, t, a, b, p in (("softmax", 64.0, 71.0, 35.0, 70.36), ("CB softmax beta 0.9999", 62.0, 63.0, 57.0, 72.37),
+                                  ("CB weights, weighted mean", 66.5, 66.0, 67.0, None), ("CE-DRW", 70.75, 73.5, 59.0, None))]
+    df = pd.DataFrame(rows)
+    counts = {("cifar10", 100): long_tailed_counts(5000, 10, 100)}
+    t = cb.normalisation_table(df, counts)
+    assert list(t["run"]) == ["softmax", "CB softmax beta 0.9999", "CB weights, weighted mean", "CE-DRW"]
+    assert t["loss scale"].tolist()[0] == 1 and t["loss scale"].tolist()[1] == pytest.approx(0.171, abs=5e-4)
+    assert t["change"].tolist()[1:] == pytest.approx([-2.0, 4.5, 4.25])
+    lines = cb.findings(df, epochs=50, counts=counts)
+    diag = [x for x in lines if x.startswith("cifar10-IR100, what moves CB softmax")]
+    assert len(diag) == 1 and "mean CB weight is 0.171" in diag[0] and "about 0.17× plain CE's" in diag[0]
+    assert ": 66.50 (+4.50)" in diag[0] and "(CE-DRW): 70.75 (+4.25)" in diag[0] and diag[0].endswith("CE: 64.00.")
+    # The diagnostic runs are not cells of Table 2 and not claims.
+    assert not any(x.startswith("CE-DRW vs") or "weighted mean vs" in x for x in lines)
+    assert cb.table2_grid(df)[1] == ["softmax"] and cb.best_per_column(df).iloc[0]["best CB configuration (ours)"] == \
+        "CB softmax beta 0.9999"
+    # The claim that does not hold says where the accuracy moved.
+    claim = [x for x in lines if x.startswith("CB softmax beta 0.9999 vs softmax")][0]
+    assert claim.endswith("does not hold. Per split, ours − baseline: many -8.00, medium +22.00.")
+    # A pending diagnostic run is named, without counts there is no scale, and no CB softmax means no line.
+    part = cb.normalisation_findings(cb.normalisation_table(df[df.method != "CB weights, weighted mean"]))
+    assert len(part) == 1 and "PyTorch's `weight=`): pending" in part[0] and "mean CB weight" not in part[0]
+    assert "(CE-DRW): 70.75;" in part[0]
+    assert cb.normalisation_table(df[df.method != "CB softmax beta 0.9999"]).empty

@@ -14,7 +14,7 @@ from .eql import SigmoidEQLLoss, SoftmaxEQLLoss, SoftmaxEQLv2Loss
 from .ldam import LDAMLoss, ldam_margins
 from .sigmoid import SigmoidCrossEntropyLoss, SigmoidFocalLoss
 from .softmax import BalancedCrossEntropyLoss, CrossEntropyLoss, SoftmaxFocalLoss
-from .weights import class_balanced_weights, effective_number, inverse_frequency_weights
+from .weights import class_balanced_weights, effective_number, inverse_frequency_weights, mean_sample_weight
 
 __all__ = [
     "LOSSES",
@@ -42,5 +42,6 @@ __all__ = [
     "class_balanced_weights",
     "inverse_frequency_weights",
     "effective_number",
+    "mean_sample_weight",
     "ldam_margins",
 ]

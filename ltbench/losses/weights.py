@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ._base import CountsLike, as_class_counts, check_real
 
-__all__ = ["effective_number", "class_balanced_weights", "inverse_frequency_weights"]
+__all__ = ["effective_number", "class_balanced_weights", "inverse_frequency_weights", "mean_sample_weight"]
 
 
 def _one_minus_beta_pow_n(counts: Tensor, beta: float) -> Tensor:
@@ -43,3 +43,15 @@ def inverse_frequency_weights(class_counts: CountsLike, power: float = 1.0) -> T
     counts = as_class_counts(class_counts)
     # C * softmax(-power * log n): no overflow/underflow for any positive counts.
     return (counts.numel() * torch.softmax(-power * torch.log(counts), dim=0)).float()
+
+
+def mean_sample_weight(class_counts: CountsLike, weights: Tensor) -> float:
+    """The mean weight of a training sample under instance sampling, ``sum_j n_j w_j / sum_j n_j``
+    (docs/methods.md §4.6): the factor by which a loss that weights each sample by ``w[y_i]`` and
+    divides by N (the CB losses) scales the plain loss and its gradient on an average batch. A loss
+    that divides by ``sum_i w[y_i]`` (``F.cross_entropy(weight=w)``, DRW) has factor 1."""
+    counts = as_class_counts(class_counts)
+    w = torch.as_tensor(weights).detach().to("cpu", torch.float64).flatten()
+    if w.shape != counts.shape:
+        raise ValueError(f"weights must have one value per class ({counts.numel()}), got shape {tuple(w.shape)}")
+    return float((counts * w).sum() / counts.sum())
