@@ -394,12 +394,15 @@ def cell_counts(results: Iterable[TrainResult]) -> Dict[Tuple[str, Any], List[in
     return out
 
 
-def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None) -> List[str]:
+def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None,
+                  context: Optional[Mapping[str, str]] = None) -> List[str]:
     """One line per (method, dataset, IR) of ``df`` (:func:`results_frame`) that has a published
     number: the published gain over ``baseline``, ours (the last-epoch difference per seed, paired
     by seed, mean ± std), and whether the claim holds by :func:`~ltbench.text.gain_verdict` (a
     gain, a loss, or no difference when the published gain is inside the band). With several seeds
-    the line says whether the mean exceeds the seed spread."""
+    the line says whether the mean exceeds the seed spread. A line whose claim falls short ends with
+    where ours moved (:func:`split_shift`) and the method's sentence of ``context`` (label -> text),
+    if any: what is known about why, stated as read or measured."""
     import numpy as np
 
     lines: List[str] = []
@@ -427,7 +430,8 @@ def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None)
             word = gain_verdict(mean, pub_gain, sd_)
             # Where a claim falls short, say where the accuracy moved: the mechanism may work on the
             # tail yet cost the head more than it gives.
-            where = "" if word.startswith("holds (") or word == "holds" else split_shift(m, base)
+            short = not (word.startswith("holds (") or word == "holds")
+            where = split_shift(m, base) + (f" {context[method]}" if context and method in context else "") if short else ""
             lines.append(f"{method} vs {baseline}, {ds}-IR{float(ir):g}: published {pub_gain:+.2f} points "
                          f"({float(pub.iloc[0]):.2f} vs {pub_base:.2f}); ours {mean:+.2f}{spread}{at} → "
                          f"{word}.{where}")

@@ -46,6 +46,14 @@ WEIGHTED_MEAN, DEFERRED = "CB weights, weighted mean", "CE-DRW"
 DIAGNOSTICS = (WEIGHTED_MEAN, DEFERRED)
 
 
+#: After a CB claim that falls short: where this notebook looks for why (``gain_findings`` ``context``).
+CB_CONTEXT = {
+    DIAGNOSED: "The diagnostic line below changes one thing at a time.",
+    **{f"CB {k} beta 0.9999{g}": "It divides by N too: the diagnostic line below gives the loss scale that implies."
+       for k, g in (("focal", " gamma 1"), ("focal", " gamma 0.5"), ("focal", " gamma 2"), ("sigmoid", ""))},
+}
+
+
 def diagnostic_methods(epochs: int, beta: float = 0.9999) -> Dict[str, Dict[str, Any]]:
     """Label -> TrainConfig overrides of the diagnostic's runs (:data:`DIAGNOSTICS`)."""
     defer = min(epochs - 1, round(0.8 * epochs))  # as notebook 04's CE-DRW, so the run is shared
@@ -224,5 +232,6 @@ def findings(df: "Any", epochs: Optional[int] = None,
         lines.append(f"Overall: class-balanced re-weighting beats the plain losses in {sum(holds)} of {len(holds)} settings.")
     # Each method's gain over softmax beside the published gain (docs/methods.md §2: compressed schedules).
     table2 = df[is_table2(df["method"])] if len(df) else df
-    return (lines + gain_findings(table2, baseline="softmax", epochs=epochs)
-            + normalisation_findings(normalisation_table(df, counts)))
+    diagnostic = normalisation_findings(normalisation_table(df, counts))
+    return (lines + gain_findings(table2, baseline="softmax", epochs=epochs, context=CB_CONTEXT if diagnostic else None)
+            + diagnostic)
