@@ -36,7 +36,7 @@ from ltbench.provenance import code_version as run_code_version
 from ltbench.published import CAVEATS, ROWS, published, source
 from ltbench.runner import MARKER
 from ltbench.tables import seed_stats
-from ltbench.text import NO_DIFFERENCE_BAND, fmt, fmt_ir, fmt_mean_std, gain_verdict, markdown_table, mean_std
+from ltbench.text import NO_DIFFERENCE_BAND, fmt, fmt_ir, fmt_mean_std, gain_verdict, markdown_table, mean_std, verdict_word
 from ltbench.text import is_number as _isnum
 from ltbench.text import plural as _n
 
@@ -579,7 +579,7 @@ def plot_claims(table: "pd.DataFrame", title: str, path: Path) -> Path:
         ax.axvline(0, color="black", lw=0.8)
         seen = set()
         for i, r in t.iterrows():
-            word = r["verdict"].split(" (")[0]
+            word = verdict_word(r["verdict"])
             color = _VERDICT_COLORS.get(word, "black")
             ax.plot([r["published_gain"], r["gain"]], [i, i], color="#bbbbbb", lw=1.2, zorder=1)
             ax.plot([r["published_gain"]], [i], marker="*", markersize=10, markerfacecolor="none", color=PUBLISHED_COLOR,
@@ -631,7 +631,7 @@ def claims_section(table: "pd.DataFrame", figures: Optional[Dict[str, Path]] = N
         return []
     for profile in shown:
         t = table[table["profile"] == profile]
-        words = [v.split(" (")[0] for v in t["verdict"]]
+        words = [verdict_word(v) for v in t["verdict"]]
         counts = ", ".join(f"{words.count(w)} {w if words.count(w) == 1 else many}" for w, many in
                            (("holds", "hold"), ("holds in part", "hold in part"), ("does not hold", "do not hold"))
                            if w in words)

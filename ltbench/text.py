@@ -7,7 +7,7 @@ import math
 import numbers
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
-__all__ = ["markdown_table", "fmt", "fmt_mean_std", "fmt_ir", "plural", "is_number", "verdict", "gain_verdict", "NO_DIFFERENCE_BAND", "mean_std", "pm"]
+__all__ = ["markdown_table", "fmt", "fmt_mean_std", "fmt_ir", "plural", "is_number", "verdict", "gain_verdict", "verdict_word", "VERDICT_WORDS", "NO_DIFFERENCE_BAND", "mean_std", "pm"]
 
 
 def _cell(v: Any) -> str:
@@ -86,6 +86,19 @@ def verdict(holds: Optional[bool], partial: bool = False) -> str:
     if partial:
         return "holds in part"
     return "holds" if holds else "does not hold"
+
+
+#: The verdicts' words, without their reasons; "holds in part" before "holds" (a prefix of it).
+VERDICT_WORDS = ("holds in part", "holds", "does not hold", "cannot be checked")
+
+
+def verdict_word(text: str) -> str:
+    """The word of a verdict of :func:`verdict` or :func:`gain_verdict` without its reason:
+    ``"holds"`` for ``"holds (no difference: ...)"``; ValueError for another text."""
+    for word in VERDICT_WORDS:
+        if text == word or str(text).startswith(word + " ("):
+            return word
+    raise ValueError(f"verdict_word: {text!r} is not a verdict; verdicts start with one of {VERDICT_WORDS}")
 
 
 #: Published gains smaller than this in size (points of top-1) are read as "no difference from the

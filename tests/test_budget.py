@@ -139,6 +139,21 @@ def test_gain_verdict_reads_a_published_gain_as_a_gain_a_loss_or_no_difference()
         gain_verdict(1.0, None)
 
 
+def test_verdict_word_strips_the_reason_of_every_verdict():
+    from ltbench.text import gain_verdict, verdict, verdict_word
+
+    cases = {(3.0, 6.0): "holds", (2.0, 6.0): "holds in part", (0.0, 6.0): "does not hold",
+             (-0.21, 0.02): "holds", (-0.2, -0.77): "holds in part", (0.0, -0.77): "does not hold",
+             (-0.5, 0.02): "does not hold"}
+    for (ours, pub), word in cases.items():
+        assert verdict_word(gain_verdict(ours, pub)) == word, (ours, pub)
+    for args in ((True,), (False,), (None,), (True, True)):
+        assert verdict_word(verdict(*args)) == verdict(*args)
+    for bad in ("holdsx", "maybe (holds)", ""):
+        with pytest.raises(ValueError, match="is not a verdict"):
+            verdict_word(bad)
+
+
 def test_gain_findings_use_the_same_rule_for_published_losses_and_no_differences():
     import pandas as pd
 

@@ -38,7 +38,7 @@ from ..methods import joint_spec
 from ..parameters import notebook_parameters
 from ..published import published
 from ..runs import ExecOptions, RunSpec, RunStore, run
-from ..text import gain_verdict, is_number
+from ..text import gain_verdict, is_number, verdict_word
 
 __all__ = [
     "PlannedRun", "EXPERIMENTS", "experiment", "tier_for", "materialize", "select", "notebook_parameters",
@@ -430,7 +430,7 @@ def gain_findings(df: "Any", baseline: str = "CE", epochs: Optional[int] = None,
             word = gain_verdict(mean, pub_gain, sd_)
             # Where a claim falls short, say where the accuracy moved: the mechanism may work on the
             # tail yet cost the head more than it gives.
-            short = not (word.startswith("holds (") or word == "holds")
+            short = verdict_word(word) != "holds"
             where = split_shift(m, base) + (f" {context[method]}" if context and method in context else "") if short else ""
             lines.append(f"{method} vs {baseline}, {ds}-IR{float(ir):g}: published {pub_gain:+.2f} points "
                          f"({float(pub.iloc[0]):.2f} vs {pub_base:.2f}); ours {mean:+.2f}{spread}{at} → "
