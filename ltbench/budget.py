@@ -38,14 +38,21 @@ def _full_cifar10_ir100(c: Dict[str, Any]) -> bool:
             and c.get("batch_size") == 128 and c.get("lt_profile", "exp") == "exp")
 
 
+def _deferred(c: Dict[str, Any]) -> bool:
+    """DRW as published: the CB weights of beta 0.9999 from 80 % of training (docs/methods.md §6.1),
+    not another switch point such as notebook 03's weights from the first epoch."""
+    e = int(c.get("epochs") or 0)
+    return c.get("drw_epoch") == min(int(round(0.8 * e)), e - 1) and float(c.get("drw_beta", 0.9999)) == 0.9999
+
+
 def _joint_label(c: Dict[str, Any]) -> Optional[str]:
     if c.get("sampler") != "instance" or c.get("drs_epoch") is not None:
         return None
     loss, drw, head = c.get("loss"), c.get("drw_epoch"), c.get("classifier")
     if loss == "ce" and head == "linear":
-        return "CE" if drw is None else "CE-DRW"
+        return "CE" if drw is None else ("CE-DRW" if _deferred(c) else None)
     if loss == "ldam" and head == "cosine" and drw is not None:
-        return "LDAM-DRW"
+        return "LDAM-DRW" if _deferred(c) else None
     if head == "linear" and drw is None:
         params = tuple(sorted((k, float(v)) for k, v in (c.get("loss_params") or {}).items()))
         return _CB.get((loss, params))

@@ -80,6 +80,11 @@ def test_budget_label_of_the_published_cb_configurations_and_mixup_alpha_1_only(
     assert budget_label(joint(loss="cb_focal", loss_params={"beta": 0.9999, "gamma": 2.0})) is None
     assert budget_label(joint(loss="cb_softmax", loss_params={"beta": 0.999})) is None
     assert budget_label(joint(loss="cb_softmax", loss_params={"beta": 0.9999}, drw_epoch=0.8)) is None
+    # DRW is the published switch at 80 %: notebook 03's CB weights from the first epoch, or another beta, are not it.
+    assert budget_label(joint(loss="ce", drw_epoch=0.8)) == "CE-DRW"
+    assert budget_label(joint(loss="ce", drw_epoch=0)) is None and budget_label(joint(loss="ce", drw_epoch=45)) is None
+    assert budget_label(joint(loss="ce", drw_epoch=0.8, drw_beta=0.999)) is None
+    assert budget_label(joint(loss="ldam", classifier="cosine", drw_epoch=0.5)) is None
     assert budget_label(joint_spec(base_config("cifar10", 100, epochs=8, n_max=500, loss="cb_softmax",
                                                loss_params={"beta": 0.9999})).to_dict()) is None
     base = base_config("cifar10", 100, epochs=50)
