@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..losses import class_balanced_weights, mean_sample_weight
 from ..published import CB_TABLE2_BEST_CONFIG, normalize_dataset, published
-from ..text import verdict
+from ..text import is_number, verdict
 from . import PlannedRun, choose, gain_findings, label_runs
 
 NOTEBOOK = "03_class_balanced_loss"
@@ -37,7 +37,7 @@ def all_methods(betas: Sequence[float], focal_gammas: Sequence[float]) -> Tuple[
 
 
 #: The CB softmax run the diagnostic explains: CB Table 2's softmax column at beta 0.9999.
-DIAGNOSED = "CB softmax beta 0.9999"
+DIAGNOSED, DIAGNOSTIC_BETA = "CB softmax beta 0.9999", 0.9999
 #: The diagnostic's runs, each one change from the row above it, all with the CB weights of
 #: beta 0.9999 (docs/methods.md §4.6): the weighted mean (divide by the batch's summed weights,
 #: PyTorch's ``weight=``) instead of by N, then those weights from 80 % of training instead of from
@@ -54,7 +54,7 @@ CB_CONTEXT = {
 }
 
 
-def diagnostic_methods(epochs: int, beta: float = 0.9999) -> Dict[str, Dict[str, Any]]:
+def diagnostic_methods(epochs: int, beta: float = DIAGNOSTIC_BETA) -> Dict[str, Dict[str, Any]]:
     """Label -> TrainConfig overrides of the diagnostic's runs (:data:`DIAGNOSTICS`)."""
     defer = min(epochs - 1, round(0.8 * epochs))  # as notebook 04's CE-DRW, so the run is shared
     return {WEIGHTED_MEAN: {"loss": "ce", "drw_epoch": 0, "drw_beta": beta},
@@ -148,7 +148,8 @@ def normalisation_table(df: "Any", counts: Optional[Mapping[Tuple[str, Any], Seq
     (dataset, IR) as ``df``; blank without them)."""
     import pandas as pd
 
-    steps = [("softmax", "plain CE", "1", "-"), (DIAGNOSED, "÷ N (released CB loss)", "from epoch 0", None),
+    # (run, normalisation, weights, loss scale); None: the mean CB weight of the cell's counts.
+    steps = [("softmax", "plain CE", "none", 1.0), (DIAGNOSED, "÷ N (released CB loss)", "from epoch 0", None),
              (WEIGHTED_MEAN, "÷ Σw (PyTorch weight=)", "from epoch 0", 1.0), (DEFERRED, "÷ Σw (PyTorch weight=)", "from 80 %", 1.0)]
     cols = ["dataset", "IR", "run", "normalisation", "weights", "loss scale", "seeds", "top1 last", "change", "many", "medium"]
     rows: List[Dict[str, Any]] = []
@@ -161,7 +162,7 @@ def normalisation_table(df: "Any", counts: Optional[Mapping[Tuple[str, Any], Seq
         if DIAGNOSED not in have or not have & set(DIAGNOSTICS):
             continue
         c = (counts or {}).get((ds, ir))
-        wbar = None if c is None else mean_sample_weight(c, class_balanced_weights(c, 0.9999))
+        wbar = None if c is None else mean_sample_weight(c, class_balanced_weights(c, DIAGNOSTIC_BETA))
         prev = None
         for label, norm, when, scale in steps:
             if label not in have:
@@ -171,9 +172,8 @@ def normalisation_table(df: "Any", counts: Optional[Mapping[Tuple[str, Any], Seq
                 prev = None
                 continue
             m = mean.loc[(label, ds, ir)]
-            factor = wbar if scale is None else (1.0 if scale == "-" else scale)
             rows.append({"dataset": ds, "IR": ir, "run": label, "normalisation": norm,
-                         "weights": "none" if when == "1" else when, "loss scale": factor, "seeds": int(m["seeds"]),
+                         "weights": when, "loss scale": wbar if scale is None else scale, "seeds": int(m["seeds"]),
                          "top1 last": float(m["top1"]), "change": None if prev is None else float(m["top1"]) - prev,
                          "many": float(m["many"]), "medium": float(m["medium"])})
             prev = float(m["top1"])
@@ -187,7 +187,7 @@ def normalisation_findings(table: "Any") -> List[str]:
         r = {row["run"]: row for row in g.to_dict("records")}
         cb = r[DIAGNOSED]
         scale = cb["loss scale"]
-        why = ("" if scale is None or scale != scale else
+        why = ("" if not is_number(scale) else
                f" on this subset a training sample's mean CB weight is {scale:.3f}, so at the same learning rate the "
                f"loss and its gradient are about {scale:.2f}× plain CE's;")
         parts = [f"{ds}-IR{float(ir):g}, what moves CB softmax β 0.9999 (one change at a time, the same class weights): "
@@ -195,14 +195,13 @@ def normalisation_findings(table: "Any") -> List[str]:
         for label, text in ((WEIGHTED_MEAN, "the same weights divided by their sum in the batch (PyTorch's `weight=`)"),
                             (DEFERRED, "those weights switched on at 80 % of training, not from the start (CE-DRW)")):
             row = r[label]
-            if row["top1 last"] is None or row["top1 last"] != row["top1 last"]:
+            if not is_number(row["top1 last"]):
                 parts.append(f"{text}: pending")
             else:
-                change = "" if row["change"] is None or row["change"] != row["change"] else f" ({row['change']:+.2f})"
+                change = f" ({row['change']:+.2f})" if is_number(row["change"]) else ""
                 parts.append(f"{text}: {row['top1 last']:.2f}{change}")
         base = r["softmax"]
-        tail = "" if base["top1 last"] is None or base["top1 last"] != base["top1 last"] else \
-            f"; plain softmax CE: {base['top1 last']:.2f}"
+        tail = f"; plain softmax CE: {base['top1 last']:.2f}" if is_number(base["top1 last"]) else ""
         lines.append("; ".join(parts) + tail + ".")
     return lines
 
