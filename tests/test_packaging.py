@@ -124,7 +124,7 @@ def test_extras_and_core_dependencies():
     nb = {canonicalize_name(r.name) for r in _requirements("notebooks")}
     assert {"papermill", "nbclient", "jupyter-client", "ipykernel", "pyyaml", "pandas", "matplotlib", "ipython"} <= nb
     assert {canonicalize_name(r.name) for r in _requirements("slurm")} == {"submitit"}
-    assert {"pytest", "ruff"} <= {canonicalize_name(r.name) for r in _requirements("dev")}
+    assert {"pytest", "pytest-xdist", "ruff"} <= {canonicalize_name(r.name) for r in _requirements("dev")}
     (everything,) = _requirements("all")
     assert everything.name == "ltbench" and everything.extras == {"notebooks", "slurm", "dev"}
 
@@ -164,8 +164,8 @@ def test_everything_imported_is_declared_and_nothing_declared_is_unused():
     undeclared = {m: sorted(w) for m, w in third_party.items() if not to_dist[m] & set(declared)}
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
     used = set().union(*to_dist.values())
-    # ipykernel: the notebooks' Jupyter kernel (run as a program); pytest, ruff: dev tools.
-    unused = set(declared) - used - {"ipykernel", "pytest", "ruff"}
+    # ipykernel: the notebooks' Jupyter kernel (run as a program); pytest, pytest-xdist (make test), ruff: dev tools.
+    unused = set(declared) - used - {"ipykernel", "pytest", "pytest-xdist", "ruff"}
     assert not unused, f"declared in pyproject.toml but imported nowhere: {sorted(unused)}"
 
 

@@ -221,7 +221,16 @@ def test_cb_softmax_diagnostic_table_and_findings():
     lines = cb.findings(df, epochs=50, counts=counts)
     diag = [x for x in lines if x.startswith("cifar10-IR100, what moves CB softmax")]
     assert len(diag) == 1 and "mean CB weight is 0.171" in diag[0] and "about 0.17× plain CE's" in diag[0]
-    assert ": 66.50 (+4.50)" in diag[0] and "(CE-DRW): 70.75 (+4.25)" in diag[0] and diag[0].endswith("CE: 64.00.")
+    assert ": 66.50 (+4.50)" in diag[0] and "(CE-DRW): 70.75 (+4.25)" in diag[0] and "CE: 64.00. Of the" in diag[0]
+    # The two changes as shares of the whole move (8.75 = 4.50 + 4.25), the larger one named.
+    assert diag[0].endswith("Of the +8.75 points from CB softmax to CE-DRW, +4.50 come from the normalisation and +4.25 "
+                            "from switching the weights on at 80 %: the larger part is the ÷N scale, not when the "
+                            "weights are switched on. With PyTorch's weighted mean and the weights on from the start, "
+                            "as the CB paper trains, ours is +2.50 against plain CE.")
+    late = df.assign(top1_last=df.top1_last.where(df.method != "CE-DRW", 71.0 + 4.0))
+    flipped = cb.normalisation_findings(cb.normalisation_table(late, counts))[0]
+    assert "+4.50 come from the normalisation and +8.50 from" in flipped
+    assert "the larger part is when the weights are switched on, not the ÷N scale." in flipped
     # The diagnostic runs are not cells of Table 2 and not claims.
     assert not any(x.startswith("CE-DRW vs") or "weighted mean vs" in x for x in lines)
     assert cb.table2_grid(df)[1] == ["softmax"] and cb.best_per_column(df).iloc[0]["best CB configuration (ours)"] == \
@@ -236,7 +245,7 @@ def test_cb_softmax_diagnostic_table_and_findings():
     # A pending diagnostic run is named, without counts there is no scale, and no CB softmax means no line.
     part = cb.normalisation_findings(cb.normalisation_table(df[df.method != "CB weights, weighted mean"]))
     assert len(part) == 1 and "PyTorch's `weight=`): pending" in part[0] and "mean CB weight" not in part[0]
-    assert "(CE-DRW): 70.75;" in part[0]
+    assert "(CE-DRW): 70.75;" in part[0] and "Of the" not in part[0]  # no shares while a step is pending
     assert cb.normalisation_table(df[df.method != "CB softmax beta 0.9999"]).empty
 
 

@@ -5,7 +5,7 @@
 # change that touches torch APIs (compile, dynamo, amp) and its result goes in the CHANGELOG.
 #
 # Settings (environment): PYTHON (python3; the GPU machines have 3.12), TORCH (2.11.0),
-# TORCHVISION (0.26.0, the release paired with it), VENV (.venv-torch$TORCH), PYTEST_ARGS.
+# TORCHVISION (0.26.0, the release paired with it), VENV (.venv-torch$TORCH), TEST_WORKERS, PYTEST_ARGS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -27,4 +27,6 @@ if [ ! -f "$VENV/.installed-$TORCH-$TORCHVISION" ]; then
 fi
 "$VENV/bin/python" -c 'import sys, torch, torchvision; print("python", sys.version.split()[0], "| torch", torch.__version__, "| torchvision", torchvision.__version__)'
 # shellcheck disable=SC2086
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$VENV/bin/python" -m pytest -q ${PYTEST_ARGS:-}
+# As `make test`: one pytest-xdist worker per core, at most TEST_WORKERS (0: one process).
+if [ "${TEST_WORKERS:-4}" = 0 ]; then workers=(); else workers=(-n auto --maxprocesses "${TEST_WORKERS:-4}" --dist loadfile); fi
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$VENV/bin/python" -m pytest -q "${workers[@]}" ${PYTEST_ARGS:-}

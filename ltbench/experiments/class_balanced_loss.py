@@ -202,8 +202,23 @@ def normalisation_findings(table: "Any") -> List[str]:
                 parts.append(f"{text}: {row['top1 last']:.2f}{change}")
         base = r["softmax"]
         tail = f"; plain softmax CE: {base['top1 last']:.2f}" if is_number(base["top1 last"]) else ""
-        lines.append("; ".join(parts) + tail + ".")
+        lines.append("; ".join(parts) + tail + "." + _attribution(r[WEIGHTED_MEAN], r[DEFERRED], base))
     return lines
+
+
+def _attribution(mean: Mapping[str, Any], deferred: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """The diagnostic's two changes as shares of the whole move, once both have run ("" until then)."""
+    a, b = mean["change"], deferred["change"]
+    if not (is_number(a) and is_number(b)):
+        return ""
+    larger = ("when the weights are switched on, not the ÷N scale" if abs(b) >= abs(a)
+              else "the ÷N scale, not when the weights are switched on")
+    text = (f" Of the {a + b:+.2f} points from CB softmax to CE-DRW, {a:+.2f} come from the normalisation and "
+            f"{b:+.2f} from switching the weights on at 80 %: the larger part is {larger}.")
+    if is_number(base["top1 last"]):
+        text += (f" With PyTorch's weighted mean and the weights on from the start, as the CB paper trains, ours is "
+                 f"{mean['top1 last'] - base['top1 last']:+.2f} against plain CE.")
+    return text
 
 
 def findings(df: "Any", epochs: Optional[int] = None,
