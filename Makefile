@@ -10,7 +10,7 @@ EXECUTE_ARGS ?=
 # ../shared/data is where this project's machines keep CIFAR-10; users set LTBENCH_DATA or use ./data.
 export LTBENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 
-.PHONY: install reproduce test test-min-torch report clean-results benchmark lint carry harvest harvest-stop harvest-status harvest-stage
+.PHONY: install reproduce test test-workers test-min-torch report clean-results benchmark lint carry harvest harvest-stop harvest-status harvest-stage
 
 # Every package from requirements.lock (all extras, pinned with hashes), then ltbench itself,
 # built with the locked setuptools (no download).
@@ -35,14 +35,18 @@ reproduce: install
 report: install
 	$(PY) -m ltbench report
 
-# The suite runs in one pytest-xdist worker per core (at most TEST_WORKERS), one thread each, a
-# test file per worker (its module fixtures, such as the notebooks' smoke reproduction, run once):
-# on the 2-core machine 8 min 55 s against 18 min 25 s in one process (2026-12-07, 997 tests).
-# TEST_WORKERS=0 runs it in one process (2 threads). pytest exits 5 when it collects no test: that is not a
+# The suite runs in TEST_WORKERS pytest-xdist workers (a number, `auto` for one per core, or 0 for
+# one process), one thread each, a test file per worker so its module fixtures (the notebooks'
+# smoke reproduction) run once: on the 2-core machine 2 workers took 8 min 55 s against 18 min 25 s
+# in one process (2026-12-07, 997 tests). pytest exits 5 when it collects no test: that is not a
 # failure of the suite's code.
-TEST_WORKERS ?= 4
-test: install
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(if $(filter 0,$(TEST_WORKERS)),2,1)} $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n auto --maxprocesses $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS); rc=$$?; \
+TEST_WORKERS ?= 2
+# Checked before the install, the first expensive step.
+test-workers:
+	@[[ "$(TEST_WORKERS)" =~ ^([0-9]+|auto|logical)$$ ]] || { echo "error: TEST_WORKERS=$(TEST_WORKERS): expected a number of workers (0: one process), auto or logical"; exit 2; }
+
+test: test-workers install
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 # The suite on torch 2.11 (the oldest supported, as on the lent GPU machines) in .venv-torch2.11.0/.

@@ -5,13 +5,18 @@
 # change that touches torch APIs (compile, dynamo, amp) and its result goes in the CHANGELOG.
 #
 # Settings (environment): PYTHON (python3; the GPU machines have 3.12), TORCH (2.11.0),
-# TORCHVISION (0.26.0, the release paired with it), VENV (.venv-torch$TORCH), TEST_WORKERS, PYTEST_ARGS.
+# TORCHVISION (0.26.0, the release paired with it), VENV (.venv-torch$TORCH), TEST_WORKERS (2),
+# PYTEST_ARGS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 TORCH="${TORCH:-2.11.0}"
 TORCHVISION="${TORCHVISION:-0.26.0}"
 VENV="${VENV:-.venv-torch$TORCH}"
+WORKERS="${TEST_WORKERS:-2}"
+if ! [[ "$WORKERS" =~ ^([0-9]+|auto|logical)$ ]]; then
+  echo "error: TEST_WORKERS=$WORKERS: expected a number of workers (0: one process), auto or logical"; exit 2
+fi
 for v in "TORCH=$TORCH" "TORCHVISION=$TORCHVISION"; do
   case "${v#*=}" in
     ''|*[!0-9.]*) echo "error: ${v%%=*}=${v#*=}: expected a release number such as 2.11.0"; exit 2 ;;
@@ -27,6 +32,5 @@ if [ ! -f "$VENV/.installed-$TORCH-$TORCHVISION" ]; then
 fi
 "$VENV/bin/python" -c 'import sys, torch, torchvision; print("python", sys.version.split()[0], "| torch", torch.__version__, "| torchvision", torchvision.__version__)'
 # shellcheck disable=SC2086
-# As `make test`: one pytest-xdist worker per core, at most TEST_WORKERS (0: one process).
-if [ "${TEST_WORKERS:-4}" = 0 ]; then workers=(); else workers=(-n auto --maxprocesses "${TEST_WORKERS:-4}" --dist loadfile); fi
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$VENV/bin/python" -m pytest -q "${workers[@]}" ${PYTEST_ARGS:-}
+# As `make test`: TEST_WORKERS pytest-xdist workers, a test file each (0: one process).
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$VENV/bin/python" -m pytest -q -n "$WORKERS" --dist loadfile ${PYTEST_ARGS:-}
