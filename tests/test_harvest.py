@@ -154,6 +154,33 @@ def test_harvest_refuses_bad_arguments_before_training(tmp_path):
     assert not (tmp_path / "cpu").exists()
 
 
+def _script_checkout(tmp_path: Path) -> Path:
+    """A one-commit git checkout holding only tools/harvest.sh, so the script's start runs in isolation."""
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / "harvest.sh", repo / "tools" / "harvest.sh")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "script"], check=True)
+    return repo
+
+
+def test_the_harvest_script_refuses_a_missing_python_and_reports_one_that_dies_at_once(tmp_path):
+    repo = _script_checkout(tmp_path)
+    start = ["bash", str(repo / "tools" / "harvest.sh"), "start"]
+    missing = subprocess.run(start, capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "HARVEST_PYTHON": str(tmp_path / "no-venv" / "python")})
+    assert missing.returncode == 1
+    assert "no-venv/python' is not an executable (HARVEST_PYTHON" in missing.stderr and "make install" in missing.stderr
+    assert not (repo / ".harvest" / "pid").exists() and not (repo / ".harvest" / "worktrees").exists()
+    # `false` stands for a python that exits at once (an import error): reported, no pid left behind.
+    dies = subprocess.run(start, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HARVEST_PYTHON": shutil.which("false"), "HARVEST_START_CHECK": "1"})
+    assert dies.returncode == 1 and "exited at once" in dies.stderr and "started pid" not in dies.stdout
+    assert not (repo / ".harvest" / "pid").exists()
+
+
 @needs_cifar
 def test_harvest_trains_its_queue_once_and_a_stop_leaves_the_rest(tmp_path):
     queue = [harvest.Step("smoke CE", "smoke", ("01_long_tailed_cifar",)),

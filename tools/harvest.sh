@@ -15,6 +15,11 @@ running() { [[ -f "$H/pid" ]] && kill -0 "$(cat "$H/pid")" 2>/dev/null; }
 case "${1:-status}" in
 start)
   if running; then echo "harvest: already running (pid $(cat "$H/pid"))"; exit 0; fi
+  # A fresh checkout has no .venv: say so before a worktree is made or a process is left to die.
+  if [[ ! -x "$PY" ]]; then
+    echo "harvest: error: python '$PY' is not an executable (HARVEST_PYTHON, default .venv/bin/python): run \`make install\` (or \`make harvest\`, which installs first)" >&2
+    exit 1
+  fi
   commit="$(git -C "$ROOT" rev-parse HEAD)"
   wt="$H/worktrees/$commit"
   for old in "$H"/worktrees/*; do  # earlier commits' worktrees: nothing runs there now
@@ -37,6 +42,14 @@ start)
       --notebooks "$wt/notebooks" --status "$H/status.json" "${deadline[@]}" >>"$H/harvest.log" 2>&1 &
   echo $! >"$H/pid"  # the python process itself (nohup, setsid and nice exec it), which the stop signals
   cd "$ROOT"
+  # A harvest that dies at once (an import error, a bad argument) is reported, not announced as started.
+  sleep "${HARVEST_START_CHECK:-3}"
+  if ! running; then
+    echo "harvest: error: it exited at once; the log's tail:" >&2
+    tail -n 15 "$H/harvest.log" >&2
+    rm -f "$H/pid"
+    exit 1
+  fi
   echo "harvest: started pid $(cat "$H/pid") on commit ${commit:0:12} (log: .harvest/harvest.log)"
   ;;
 stop)
