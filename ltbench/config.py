@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 from .data import LARGE_DATASETS, SOURCES, known_long_tail_shape, zero_count_message
+from .data.jpeg import check_quality
 from .losses import LOSSES, check_loss
 from .plugins import is_reference
 from .models import CLASSIFIERS, MODELS
@@ -137,7 +138,13 @@ class TrainConfig:
         need(0 <= self.drw_beta < 1, "drw_beta", "a number in [0, 1)")
         need(self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda"),
              "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        if self.dataset in CIFAR_DATA_OPTIONS:  # the CIFAR loaders take no other option: a typo must not pass
+            unknown = sorted(set(self.data_options) - set(CIFAR_DATA_OPTIONS[self.dataset]))
+            if unknown:
+                raise ValueError(f"unknown data_options {unknown} for dataset={self.dataset!r}; valid: "
+                                 f"{', '.join(CIFAR_DATA_OPTIONS[self.dataset])}")
         if self.dataset not in LARGE_DATASETS:
+            check_quality(self.data_options.get("jpeg_quality"))
             self._check_long_tail()  # IR = inf is reported here in terms of IR and n_max when it can be
         need(math.isfinite(self.imbalance_ratio), "imbalance_ratio", "a finite number >= 1")
         return self
@@ -167,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"invalid imbalance_ratio={self.imbalance_ratio!r} for n_max={shape[0]}: {msg}")
 
 
+#: ``TrainConfig.data_options`` the CIFAR datasets accept (``build_long_tailed``'s options).
+CIFAR_DATA_OPTIONS: Dict[str, Tuple[str, ...]] = {"cifar10": ("jpeg_quality",), "cifar100": ("jpeg_quality",)}
 #: Valid ``TrainConfig.head_bias_init`` values; the first is the default.
 HEAD_BIAS_INITS = ("uniform", "zero")
 #: The value a stored run description without ``head_bias_init`` had: its key hashes without the field.

@@ -153,8 +153,8 @@ CAVEATS: List[str] = [
     "LDAM report that optimistic number); ours are mean ± std over seeds, last epoch as the "
     "headline and best epoch beside it.",
     "This project's copy of CIFAR-10 is JPEG re-encoded (quality 75, about 30.5 dB PSNR against "
-    "the original pixels); how much that moves accuracy has not been "
-    "measured.",
+    "the original pixels); how much that moves accuracy cannot be measured here, only its slope "
+    "(notebook 01's data-copy check, docs/methods.md §1.4).",
     "The CIFAR-LT subset is the seed-0 selection of docs/methods.md §1; another subset moves CIFAR-100-LT "
     "accuracy by up to about 1.5 points.",
     "Profiles other than 'paper' train for fewer epochs on smaller data: their differences from "

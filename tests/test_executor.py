@@ -67,7 +67,7 @@ def test_plan_cli_json(tmp_path):
                           "--json", "--only", "01", "02"], capture_output=True, text=True, check=True, cwd=ROOT)
     rows = json.loads(out.stdout)
     assert {"key", "tier", "notebooks", "label", "status", "cost"} <= set(rows[0])
-    assert sorted(r["label"] for r in rows) == ["CE", "sigmoid focal gamma 1"]
+    assert sorted(r["label"] for r in rows) == ["CE", "CE, JPEG q50", "sigmoid focal gamma 1"]
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -207,6 +207,7 @@ def test_a_changed_parameter_is_another_run_beside_the_finished_one(tmp_path):
     executor.execute("smoke", tmp_path, **kw)
     before = _metrics(tmp_path)
     again = executor.execute("smoke", tmp_path, overrides={"01_long_tailed_cifar:epochs": 2}, **kw)
-    assert again.count("trained") == 1 and not again.failed
+    # Notebook 01's two smoke runs (CE and its data-copy check), each again at 2 epochs.
+    assert len(before) == 2 and again.count("trained") == 2 and not again.failed
     after = _metrics(tmp_path)
-    assert len(after) == 2 and all(after[k] == v for k, v in before.items())
+    assert len(after) == 4 and all(after[k] == v for k, v in before.items())

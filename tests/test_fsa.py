@@ -294,7 +294,7 @@ def test_phase1_trained_on_another_data_seed_or_profile_is_rejected(phase1_dir, 
                                          r"data_seed: Phase I 0 vs Phase II 2"):
         FSATrainer(phase2_config(p1, iterations=2, data_seed=2, lt_profile="step"), phase1_dir, progress=False)
     with pytest.raises(ValueError, match=r"dataset: Phase I 'synthetic' vs Phase II 'cifar10'"):
-        FSATrainer(phase2_config(p1, iterations=2, dataset="cifar10"), phase1_dir, progress=False)
+        FSATrainer(phase2_config(p1, iterations=2, dataset="cifar10", data_options={}), phase1_dir, progress=False)
     assert loaded == []
     monkeypatch.undo()
     # The matching config (only the training schedule differs) is accepted.

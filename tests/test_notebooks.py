@@ -147,6 +147,22 @@ def smoke_results(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_notebook_01_renders_the_data_copy_check(smoke_results):
+    """The smoke profile's jpeg_qualities=[50]: its run is stored, tabled beside CE and concluded."""
+    import pandas as pd
+
+    out = smoke_results / "01_long_tailed_cifar"
+    rows = json.loads((out / "runs.json").read_text())["runs"]
+    assert sorted(r["label"] for r in rows) == ["CE", "CE, JPEG q50"]
+    assert next(r for r in rows if r["label"] == "CE, JPEG q50")["tier"] == 2
+    table = pd.read_csv(out / "tables" / "jpeg.csv")
+    assert list(table["data"]) == ["as loaded", "re-encoded at q50"]
+    assert table["added MSE"].iloc[0] == 0 and table["added MSE"].iloc[1] > 0
+    assert table["change"].iloc[1] == pytest.approx(table["top1 last"].iloc[1] - table["top1 last"].iloc[0])
+    assert "CE on the data re-encoded once more: as loaded" in (out / "conclusion.md").read_text()
+
+
+@pytest.mark.slow
 def test_executed_notebooks_are_clean(smoke_results):
     for stem in NOTEBOOKS:
         nb = _load(smoke_results / stem / f"{stem}.ipynb")

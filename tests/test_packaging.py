@@ -118,7 +118,7 @@ def test_extras_and_core_dependencies():
     nbclient, jupyter_client were imported without being declared. After: a lean core, extras."""
     assert set(PROJECT["optional-dependencies"]) == EXTRAS
     core = {canonicalize_name(r.name) for r in _requirements()}
-    assert core == {"torch", "torchvision", "numpy", "timm", "tqdm", "tomli"}
+    assert core == {"torch", "torchvision", "numpy", "timm", "tqdm", "tomli", "pillow"}
     tomli = next(r for r in _requirements() if r.name == "tomli")
     assert not tomli.marker.evaluate(LOCK_ENV) and tomli.marker.evaluate({**LOCK_ENV, "python_version": "3.10"})
     nb = {canonicalize_name(r.name) for r in _requirements("notebooks")}
@@ -250,7 +250,7 @@ def test_wheel_metadata_and_py_typed(wheel):
     assert "Typing :: Typed" in meta.get_all("Classifier")
     core = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
     assert {canonicalize_name(Requirement(r).name) for r in core} == {"torch", "torchvision", "numpy", "timm", "tqdm",
-                                                                     "tomli"}
+                                                                     "tomli", "pillow"}
 
 
 _BLOCK_EXTRAS = """

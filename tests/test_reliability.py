@@ -140,9 +140,9 @@ def test_infinite_imbalance_ratio_is_reported_in_ir_and_n_max():
 # ----------------------------------------------------------------------------- point 7: IR vs n_max
 
 @pytest.mark.parametrize("kw,first", [
-    (dict(dataset="cifar10", imbalance_ratio=1000, n_max=100), 7),
-    (dict(dataset="cifar10", imbalance_ratio=1000, n_max=100, lt_profile="step"), 5),
-    (dict(dataset="cifar100", imbalance_ratio=1000, n_max=None), 90),  # CIFAR-100's n_max 500
+    (dict(dataset="cifar10", imbalance_ratio=1000, n_max=100, data_options={}), 7),
+    (dict(dataset="cifar10", imbalance_ratio=1000, n_max=100, lt_profile="step", data_options={}), 5),
+    (dict(dataset="cifar100", imbalance_ratio=1000, n_max=None, data_options={}), 90),  # CIFAR-100's n_max 500
     (dict(imbalance_ratio=100, n_max=60), 9),
 ])
 def test_ir_beyond_n_max_is_refused_by_validate(kw, first):

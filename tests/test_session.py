@@ -326,7 +326,9 @@ def test_gpu_session_rehearsal_on_cpu_then_import_render_and_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ltbench", "import", *files, "--results", str(fresh)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
-    metrics = fresh / "smoke" / "runs" / keys[0] / "metrics.json"
+    # The CE baseline: the finished run whose weights travel as a dependency.
+    ce = next(k for k in keys if str(manifest["runs"][k].get("weights", "")).startswith("weights (dependency"))
+    metrics = fresh / "smoke" / "runs" / ce / "metrics.json"
     assert (metrics.parent / "checkpoint.pt").is_file()
     original = metrics.read_text()
     # A conflicting result is refused; the identical one is accepted.
@@ -335,7 +337,7 @@ def test_gpu_session_rehearsal_on_cpu_then_import_render_and_report(tmp_path):
     metrics.write_text(json.dumps(changed))
     r = subprocess.run([sys.executable, "-m", "ltbench", "import", *files, "--results", str(fresh)],
                        capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 3 and keys[0] in r.stderr and str(metrics) in r.stderr, r.stderr
+    assert r.returncode == 3 and ce in r.stderr and str(metrics) in r.stderr, r.stderr
     metrics.write_text(original)
     r = subprocess.run([sys.executable, "-m", "ltbench", "import", *files, "--results", str(fresh)],
                        capture_output=True, text=True, cwd=ROOT)

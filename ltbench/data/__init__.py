@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .counts import PROFILES, long_tailed_counts, long_tailed_indices, zero_count_message
+from .jpeg import check_quality, psnr, recompress
 from .large import LARGE_DATASETS, LargeLTData, LargeLTDataset, build_large_dataset
 from .loader import CIFAR_MEAN, CIFAR_STD, DeviceDataset
 from .sources import SOURCES, DataNotFoundError, ImageDecodeError, Split, decode_image_file, load_split, resolve_root
@@ -77,6 +78,7 @@ def build_long_tailed(
     test_per_class: Optional[int] = None,
     download: bool = True,
     val_per_class: Optional[int] = None,
+    jpeg_quality: Optional[int] = None,
     **source_options: object,
 ) -> LongTailedData:
     """Build ``dataset``-LT at ``imbalance_ratio`` (docs/methods.md §1).
@@ -87,6 +89,10 @@ def build_long_tailed(
     ``val_per_class``: also draw a balanced validation split of k images per class from the
     training images the long-tailed subset does not use (:func:`validation_indices`), for model
     selection without the test set; a ValueError if some class has fewer than k unused images.
+    ``jpeg_quality``: re-encode every image kept (training, validation and test) once more as JPEG
+    at this quality (:func:`ltbench.data.jpeg.recompress`), the dose-response check of how much
+    a compressed copy of the data costs (docs/methods.md §1.4); ``meta["jpeg_psnr"]`` is the test
+    split's PSNR against the images as loaded.
     An IR that leaves a class without images for this ``n_max`` raises a ValueError in terms of IR
     and n_max, before any image is read when ``n_max`` and the class count are known up front.
     """
@@ -105,6 +111,7 @@ def build_long_tailed(
             raise ValueError(f"invalid imbalance_ratio={imbalance_ratio!r} for n_max={shape[0]}: {msg}")
     if test_per_class is not None and (not isinstance(test_per_class, int) or test_per_class < 1):
         raise ValueError(f"test_per_class must be a positive int or None, got {test_per_class!r}")
+    check_quality(jpeg_quality, "jpeg_quality")
     opts = dict(source_options)
     if dataset != "synthetic":
         opts["download"] = download
@@ -131,6 +138,13 @@ def build_long_tailed(
     meta = {"n_max": n_max, "profile": profile, "seed": seed, "test_per_class": test_per_class,
             "root": str(resolve_root(root)), "train_size": len(idx), "test_size": len(test.targets),
             "val_per_class": val_per_class, "val_size": 0 if val_idx is None else len(val_idx)}
+    if jpeg_quality is not None:  # after the subset is chosen: only the kept images are re-encoded
+        lt_train = Split(recompress(lt_train.images, jpeg_quality), lt_train.targets, lt_train.classes)
+        if val is not None:
+            val = Split(recompress(val.images, jpeg_quality), val.targets, val.classes)
+        re_test = recompress(test.images, jpeg_quality)
+        meta.update(jpeg_quality=jpeg_quality, jpeg_psnr=psnr(test.images, re_test))
+        test = Split(re_test, test.targets, test.classes)
     return LongTailedData(dataset, float(imbalance_ratio), lt_train, test, counts, idx, meta, val, val_idx)
 
 

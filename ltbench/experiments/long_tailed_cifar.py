@@ -1,20 +1,25 @@
 """Notebook 01: the CE baseline on CIFAR-LT (Cui et al. 2019, Table 2's softmax row).
 
 Besides the runs (:func:`runs`), the notebook's computations: the class counts of CIFAR-LT at
-several imbalance ratios (:func:`class_counts`) and the head-bias findings of its conclusion
-(:func:`findings`).
+several imbalance ratios (:func:`class_counts`), the head-bias findings of its conclusion
+(:func:`findings`), and the data-copy check (:func:`jpeg_table`, :func:`jpeg_findings`): CE on
+the data re-encoded once more at lower JPEG qualities, the slope of accuracy against the added
+distortion (docs/methods.md §1.4).
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+import dataclasses
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..data.counts import long_tailed_counts
+from ..data.jpeg import QUALITY_RANGE, check_quality, mse, psnr, recompress
+from ..data.sources import load_split
 from ..engine import TrainResult
 from ..metrics import shot_groups
 from ..published import published
-from ..text import verdict
+from ..text import is_number, verdict
 from . import PlannedRun, label_runs
 
 NOTEBOOK = "01_long_tailed_cifar"
@@ -24,15 +29,40 @@ TABLE = "Table 2"
 CIFAR_LT = (("CIFAR-10-LT", 10, 5000), ("CIFAR-100-LT", 100, 500))
 
 
+BASELINE = "CE"
+#: The JPEG encoding of this project's CIFAR-10 copy and its PSNR against the official pixels
+#: (../shared/data/README.md: quality 75, 4:2:0, about 30.5 dB over 984 checked images).
+COPY_QUALITY, COPY_PSNR_DB = 75, 30.5
+
+
+def jpeg_label(quality: int) -> str:
+    """The method label of CE on the data re-encoded at ``quality``."""
+    return f"CE, JPEG q{quality}"
+
+
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
          test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
-         amp_cpu: bool = False) -> List[PlannedRun]:
-    """CE at every (dataset, IR, seed): the shared baseline (tier 0)."""
+         amp_cpu: bool = False, jpeg_qualities: Sequence[int] = ()) -> List[PlannedRun]:
+    """CE at every (dataset, IR, seed): the shared baseline (tier 0); with ``jpeg_qualities``, CE
+    on the same images re-encoded once more at each quality (``data_options.jpeg_quality``; tier 2,
+    ``role="jpeg"``), the data-copy check of docs/methods.md §1.4."""
+    if isinstance(jpeg_qualities, (str, bytes)) or not isinstance(jpeg_qualities, Sequence):
+        raise ValueError(f"invalid jpeg_qualities={jpeg_qualities!r}: must be a list of JPEG qualities")
+    for q in jpeg_qualities:
+        check_quality(q, "jpeg_qualities")
     recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
                   amp_cpu=amp_cpu)
-    return label_runs({"CE": {"loss": "ce"}}, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE,
-                      published_rows={"CE": "CE (softmax)"})
+    out = label_runs({BASELINE: {"loss": "ce"}}, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE,
+                     published_rows={BASELINE: "CE (softmax)"})
+    jpeg = {jpeg_label(q): {"loss": "ce", "data_options": {"jpeg_quality": q}} for q in dict.fromkeys(jpeg_qualities)}
+    check = label_runs(jpeg, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE, role="jpeg")
+    return out + [dataclasses.replace(r, tier=2) for r in check]  # CE's loss alone would make them tier 0
+
+
+def baseline(results: Sequence[TrainResult]) -> List[TrainResult]:
+    """The CE runs of ``results`` on the data as loaded (not the data-copy check's runs)."""
+    return [r for r in results if r.meta.get("method") == BASELINE]
 
 
 def class_counts(imbalance_ratios: Sequence[float]) -> "Any":
@@ -59,11 +89,12 @@ def rank_corr(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def findings(df: "Any", results: Sequence[TrainResult]) -> List[str]:
-    """The conclusion's lines: per (dataset, IR) of ``df`` (``results_frame`` of ``results``) the
+    """The conclusion's lines: per (dataset, IR) of ``df``'s CE runs (``results_frame`` of ``results``) the
     top-1 per shot group, the head - tail gap, the rank correlation of per-class accuracy with the
     training count and the published CE number, whether CE favours the head, and overall."""
     lines: List[str] = []
     holds: List[Optional[bool]] = []
+    df, results = df[df["method"] == BASELINE] if len(df) else df, baseline(results)
     for (ds, ir), g in df.groupby(["dataset", "IR"], sort=False):
         groups = {k: g[k].dropna().mean() for k in ("many", "medium", "few") if g[k].notna().any()}
         rs = [r for r in results if r.config["dataset"] == ds and float(r.config["imbalance_ratio"]) == float(ir)]
@@ -85,4 +116,101 @@ def findings(df: "Any", results: Sequence[TrainResult]) -> List[str]:
     if known:
         lines.append(f"Overall: head bias in {sum(known)} of {len(known)} settings → "
                      f"{verdict(all(known), partial=any(known) and not all(known))}.")
+    return lines
+
+
+def _added_distortion(dataset: str, quality: int, data_root: Optional[str], test_per_class: Optional[int]) -> Tuple[float, float]:
+    """(PSNR in dB, MSE) of ``dataset``'s test split re-encoded at ``quality`` against the split as loaded."""
+    test = load_split(dataset, False, data_root, download=False)
+    if test_per_class is not None:  # the first k per class, as build_long_tailed keeps them
+        keep = [i for c in range(len(test.classes)) for i in (test.targets == c).nonzero().flatten()[:test_per_class].tolist()]
+        images = test.images[sorted(keep)]
+    else:
+        images = test.images
+    re = recompress(images, quality)
+    return psnr(images, re), mse(images, re)
+
+
+def jpeg_table(df: "Any", data_root: Optional[str] = None, test_per_class: Optional[int] = None) -> "Any":
+    """Per (dataset, IR) of ``df`` (``results_frame``) with data-copy runs: CE on the data as loaded,
+    then on the data re-encoded at each quality (highest first), with the test split's PSNR and
+    MSE against the data as loaded (``data_root``, ``test_per_class`` as the runs'), the seed-mean
+    top-1, many and medium accuracy, and the change from CE on the data as loaded."""
+    import pandas as pd
+
+    cols = ["dataset", "IR", "data", "quality", "PSNR vs loaded (dB)", "added MSE", "seeds", "top1 last",
+            "change", "many", "medium"]
+    rows: List[Dict[str, Any]] = []
+    if df is None or len(df) == 0:
+        return pd.DataFrame(rows, columns=cols)
+    labels = {jpeg_label(q): q for q in range(QUALITY_RANGE[1], QUALITY_RANGE[0] - 1, -1)}
+    mean = df.groupby(["method", "dataset", "IR"], sort=False).agg(
+        top1=("top1_last", "mean"), many=("many", "mean"), medium=("medium", "mean"), seeds=("seed", "nunique"))
+    distortion: Dict[Tuple[str, int], Tuple[float, float]] = {}
+    for (ds, ir), g in df.groupby(["dataset", "IR"], sort=False):
+        have = sorted({labels[m] for m in g["method"] if m in labels}, reverse=True)
+        if not have:
+            continue
+        base = mean.loc[(BASELINE, ds, ir)] if (BASELINE, ds, ir) in mean.index else None
+        rows.append({"dataset": ds, "IR": ir, "data": "as loaded", "quality": None, "PSNR vs loaded (dB)": None,
+                     "added MSE": 0.0, "seeds": 0 if base is None else int(base["seeds"]),
+                     "top1 last": None if base is None else float(base["top1"]), "change": None,
+                     "many": None if base is None else float(base["many"]),
+                     "medium": None if base is None else float(base["medium"])})
+        for q in have:
+            if (ds, q) not in distortion:
+                distortion[(ds, q)] = _added_distortion(ds, q, data_root, test_per_class)
+            db, err = distortion[(ds, q)]
+            m = mean.loc[(jpeg_label(q), ds, ir)]
+            rows.append({"dataset": ds, "IR": ir, "data": f"re-encoded at q{q}", "quality": q, "PSNR vs loaded (dB)": db,
+                         "added MSE": err, "seeds": int(m["seeds"]), "top1 last": float(m["top1"]),
+                         "change": None if base is None else float(m["top1"]) - float(base["top1"]),
+                         "many": float(m["many"]), "medium": float(m["medium"])})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def jpeg_slope(table: "Any") -> Optional[float]:
+    """Least-squares slope of top-1 against added MSE over the rows of one cell of :func:`jpeg_table`
+    that ran (points per unit of MSE, in 0-255 levels²); None with fewer than two distinct points."""
+    g = table[[is_number(v) for v in table["top1 last"]]]
+    x, y = g["added MSE"].to_numpy(float), g["top1 last"].to_numpy(float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return None
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def jpeg_findings(table: "Any") -> List[str]:
+    """One conclusion line per cell of :func:`jpeg_table`: the accuracy at each quality, the slope,
+    and what that slope says of the copy's own compression against the published CE number."""
+    lines: List[str] = []
+    copy_mse = 255.0 ** 2 / 10 ** (COPY_PSNR_DB / 10)
+    for (ds, ir), g in table.groupby(["dataset", "IR"], sort=False):
+        recs = g.to_dict("records")
+        base = recs[0]
+        parts = []
+        for r in recs[1:]:
+            if not is_number(r["top1 last"]):
+                continue
+            change = f", {r['change']:+.2f}" if is_number(r["change"]) else ""
+            parts.append(f"q{int(r['quality'])} ({r['PSNR vs loaded (dB)']:.1f} dB, MSE +{r['added MSE']:.0f}) "
+                         f"{r['top1 last']:.2f}{change}")
+        if not parts:
+            continue
+        head = (f"{ds}-IR{float(ir):g}, CE on the data re-encoded once more: as loaded "
+                + (f"{base['top1 last']:.2f}" if is_number(base["top1 last"]) else "pending") + "; " + "; ".join(parts))
+        slope = jpeg_slope(g)
+        if slope is None or not is_number(base["top1 last"]):
+            lines.append(head + ".")
+            continue
+        text = (f" Accuracy moves {10 * slope:+.2f} points per 10 levels² of added MSE (least squares over "
+                f"{sum(is_number(v) for v in g['top1 last'])} runs).")
+        if ds == "cifar10":
+            pub = published("CE (softmax)", ds, ir)
+            est = -slope * copy_mse
+            text += (f" The copy's own compression (q{COPY_QUALITY}, {COPY_PSNR_DB} dB, MSE {copy_mse:.0f} against the "
+                     f"official pixels) would cost about {est:.1f} points at that slope, a linear extrapolation to "
+                     "data this project does not have")
+            text += (f", against a gap of {pub - base['top1 last']:.2f} to the published {pub:.2f}." if pub is not None
+                     else ".")
+        lines.append(head + "." + text)
     return lines
