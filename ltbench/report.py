@@ -702,6 +702,28 @@ def reproduction_status(df: "pd.DataFrame", summary: "pd.DataFrame", root: Optio
     return [head, "", *lines]
 
 
+#: Notebook 01's data-copy table (``long_tailed_cifar.jpeg_table``) under a profile's results folder.
+DATA_COPY_TABLE = "01_long_tailed_cifar/tables/jpeg.csv"
+
+
+def data_copy_lines(results_dir: Path) -> List[str]:
+    """The measured side of the caveat on the data copy: per profile whose notebook 01 rendered a
+    data-copy table with a finished re-encoded run, its conclusion lines
+    (``long_tailed_cifar.jpeg_findings``), linked to the table."""
+    import pandas as pd
+
+    from ltbench.experiments.long_tailed_cifar import jpeg_findings
+
+    root = Path(results_dir)
+    profiles = [p.name for p in root.iterdir() if (p / DATA_COPY_TABLE).is_file()] if root.is_dir() else []
+    out: List[str] = []
+    for profile in _profile_sort(profiles):
+        table = pd.read_csv(root / profile / DATA_COPY_TABLE)
+        for line in jpeg_findings(table) if len(table) else []:
+            out.append(f"Measured, `{profile}` ([notebook 01's table]({profile}/{DATA_COPY_TABLE})): {line}")
+    return out
+
+
 def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
                   figures: Dict[str, List[Path]], results_dir: Path,
                   problems: Sequence[str] = (), version: Optional[Dict[str, Any]] = None,
@@ -721,7 +743,7 @@ def render_readme(df: "pd.DataFrame", summary: "pd.DataFrame",
     if df.empty:
         out += ["No results yet: run `python -m ltbench run` (or `make reproduce`) first, then "
                 "`python -m ltbench report`.", ""]
-    out += ["## Caveats", "", *(f"- {c}" for c in CAVEATS), "",
+    out += ["## Caveats", "", *(f"- {c}" for c in CAVEATS), *(f"- {c}" for c in data_copy_lines(Path(results_dir))), "",
             "Columns: *top-1 last* / *top-1 best* are the last-epoch and best-epoch test "
             "accuracy (%), mean ± sample std (ddof 1) over *n seeds* (just the mean for one "
             "seed); *published* is the value of the *published row* in the method reference "

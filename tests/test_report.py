@@ -186,6 +186,28 @@ def test_write_report(tree: Path) -> None:
     assert not (tree / "figures" / "stale.png").exists()
 
 
+def test_the_caveats_carry_the_measured_data_copy_check(tree: Path) -> None:
+    import pandas as pd
+
+    from ltbench.report import DATA_COPY_TABLE, data_copy_lines
+
+    assert data_copy_lines(tree) == []  # no notebook 01 table: the caveat alone
+    rows = [("as loaded", None, None, 0.0, 64.0, None), ("re-encoded at q50", 50, 28.7, 88.0, 61.8, -2.2)]
+    table = pd.DataFrame([{"dataset": "cifar10", "IR": 100, "data": d, "quality": q, "PSNR vs loaded (dB)": db,
+                           "added MSE": m, "seeds": 1, "top1 last": t, "change": c, "many": None, "medium": None}
+                          for d, q, db, m, t, c in rows])
+    (tree / "cpu" / DATA_COPY_TABLE).parent.mkdir(parents=True)
+    table.to_csv(tree / "cpu" / DATA_COPY_TABLE, index=False)
+    (line,) = data_copy_lines(tree)
+    assert line.startswith("Measured, `cpu` ([notebook 01's table](cpu/01_long_tailed_cifar/tables/jpeg.csv)): "
+                           "cifar10-IR100, CE on the data re-encoded once more: as loaded 64.00; "
+                           "q50 (28.7 dB, MSE +88) 61.80, -2.20.")
+    assert "-0.25 points per 10 levels²" in line and "would cost about 1.4 points" in line  # 0.025 x 57.9 = 1.45
+    write_report(tree)
+    caveats = (tree / "README.md").read_text().split("## Caveats")[1].split("Columns:")[0]
+    assert f"- {line}" in caveats
+
+
 def test_report_of_a_missing_folder_is_refused(tmp_path: Path, capsys) -> None:
     typo = tmp_path / "resluts"
     assert main(["report", "--results", str(typo)]) == 2

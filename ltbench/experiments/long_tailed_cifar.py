@@ -210,7 +210,7 @@ def jpeg_findings(table: "Any") -> List[str]:
             text += (f" The copy's own compression (q{COPY_QUALITY}, {COPY_PSNR_DB} dB, MSE {copy_mse:.0f} against the "
                      f"official pixels) would cost about {est:.1f} points at that slope, a linear extrapolation to "
                      "data this project does not have")
-            text += (f", against a gap of {pub - base['top1 last']:.2f} to the published {pub:.2f}." if pub is not None
-                     else ".")
+            text += (f", against CE's gap of {pub - base['top1 last']:.2f} points to the published {pub:.2f} at this "
+                     "run's length." if pub is not None else ".")
         lines.append(head + "." + text)
     return lines
