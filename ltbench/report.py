@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 
 from ltbench.io import atomic_write_text
 from ltbench.budget import budget_frame, plot_budget
+from ltbench.experiments.long_tailed_cifar import jpeg_findings
 from ltbench.plotting import PUBLISHED_COLOR, SHOT_COLORS, SHOT_MARKERS, ir_colors, is_baseline, new_figure, save, style
 from ltbench.profiles import COMPARISON_NOTEBOOK
 from ltbench.provenance import code_version as run_code_version
@@ -711,8 +712,6 @@ def data_copy_lines(results_dir: Path) -> List[str]:
     data-copy table with a finished re-encoded run, its conclusion lines
     (``long_tailed_cifar.jpeg_findings``), linked to the table."""
     import pandas as pd
-
-    from ltbench.experiments.long_tailed_cifar import jpeg_findings
 
     root = Path(results_dir)
     profiles = [p.name for p in root.iterdir() if (p / DATA_COPY_TABLE).is_file()] if root.is_dir() else []
