@@ -143,6 +143,9 @@ def test_jpeg_slope_and_findings_in_closed_form():
     assert nb01.jpeg_slope(part) == pytest.approx(-0.1)
     only_ce = _table([(None, None, 0.0, 64.0), (50, 33.0, 20.0, None)])
     assert nb01.jpeg_slope(only_ce) is None and nb01.jpeg_findings(only_ce) == []
+    # Accuracy that does not fall: no extrapolation of a cost, the copy is not the explanation.
+    (flat,) = nb01.jpeg_findings(_table([(None, None, 0.0, 64.0), (50, 33.0, 20.0, 64.3), (25, 30.0, 40.0, 64.4)]))
+    assert "does not explain CE's gap" in flat and "would cost" not in flat
     # No extrapolation for a dataset whose copy this project does not describe.
     (other,) = nb01.jpeg_findings(_table([(None, None, 0.0, 50.0), (50, 33.0, 20.0, 49.0)], ds="synthetic", ir=10))
     assert "points per 10 levels²" in other and "extrapolation" not in other
