@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data import _first_per_class  # the test subset build_long_tailed keeps
 from ..data.counts import long_tailed_counts
 from ..data.jpeg import QUALITY_RANGE, check_quality, mse, psnr, recompress
 from ..data.sources import load_split
@@ -122,11 +123,7 @@ def findings(df: "Any", results: Sequence[TrainResult]) -> List[str]:
 def _added_distortion(dataset: str, quality: int, data_root: Optional[str], test_per_class: Optional[int]) -> Tuple[float, float]:
     """(PSNR in dB, MSE) of ``dataset``'s test split re-encoded at ``quality`` against the split as loaded."""
     test = load_split(dataset, False, data_root, download=False)
-    if test_per_class is not None:  # the first k per class, as build_long_tailed keeps them
-        keep = [i for c in range(len(test.classes)) for i in (test.targets == c).nonzero().flatten()[:test_per_class].tolist()]
-        images = test.images[sorted(keep)]
-    else:
-        images = test.images
+    images = test.images if test_per_class is None else test.images[_first_per_class(test.targets, test_per_class)]
     re = recompress(images, quality)
     return psnr(images, re), mse(images, re)
 
