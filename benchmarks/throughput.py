@@ -63,6 +63,8 @@ if str(ROOT) not in sys.path:
 ROWS = ("dataloader", "dataloader_bf16", "eager", "graph", "packs", "procs", "compiled", "static", "eager_cl",
         "compiled_cl", "eager_bf16", "compiled_bf16", "compiled_bf16_cl")
 EPOCHS = 200
+#: The epoch every row times its steps in: past the warm-up, before the first lr step.
+EPOCH = 10
 
 
 @dataclass
@@ -194,7 +196,7 @@ def bench_engine(data, device, steps, warmup, batch_size, compile_model=False, c
         trainer.train_set = trainer.build_dataset("train")
         trainer.forward = trainer.wrap_model(trainer.model)
     trainer.model.train()
-    trainer.on_epoch_start(10)
+    trainer.on_epoch_start(EPOCH)
     gen = torch.Generator(device=device).manual_seed(0)
     batches = itertools.cycle(_full_batches(trainer, batch_size))
 
@@ -212,16 +214,12 @@ def bench_engine(data, device, steps, warmup, batch_size, compile_model=False, c
 
 
 def _fast_step(fp, batches, gens) -> Callable[[], None]:
-    from ltbench.fastpath import _compile_config
-
+    """The fast path's own step (:meth:`ltbench.fastpath.FastPath.step`) on the batches in turn."""
     fp._pin()
     cycle = itertools.cycle(batches)
 
     def step():
-        inputs = fp.adapter.prepare(next(cycle), gens)
-        fp._set_masks(inputs)
-        with _compile_config():
-            fp._fn(*inputs)
+        fp.step(next(cycle), EPOCH, gens)
 
     return step
 
@@ -233,7 +231,7 @@ def bench_fast(data, device, steps, warmup, batch_size, mode) -> Row:
     trainer = Trainer(_cfg(device, batch_size), data=data, progress=False)
     fp = fastpath.attach(trainer, mode, strict=True)
     trainer.model.train()
-    trainer.on_epoch_start(10)
+    trainer.on_epoch_start(EPOCH)
     gen = torch.Generator(device=device).manual_seed(0)
     step = _fast_step(fp, _full_batches(trainer, batch_size), gen)
     row = _measure(mode, step, device, steps, warmup, batch=batch_size, compile_steps=3 if mode == "graph" else 0)
@@ -247,11 +245,11 @@ def bench_pack(data, device, steps, warmup, batch_size, k, mode) -> Row:
 
     trainers = [Trainer(_cfg(device, batch_size, seed=i), data=data, progress=False) for i in range(k)]
     pack = fastpath.PackedRuns(trainers)
-    fp = fastpath.FastPath(pack, mode, adapter_cls=fastpath._PackAdapter)
+    fp = fastpath.FastPath(pack, mode)
     pack.momentum_in()
     for t in trainers:
         t.model.train()
-        t.on_epoch_start(10)
+        t.on_epoch_start(EPOCH)
     for g in pack.optimizer.param_groups:
         g["lr"] = trainers[0].optimizer.param_groups[0]["lr"]
     pack.backbone.train()
@@ -274,7 +272,7 @@ def _proc_worker(rank, args, ready, go, out) -> None:  # pragma: no cover - runs
 
     trainer = Trainer(_cfg(device, args["batch_size"], seed=rank), data=data, progress=False)
     trainer.model.train()
-    trainer.on_epoch_start(10)
+    trainer.on_epoch_start(EPOCH)
     gen = torch.Generator(device=device).manual_seed(rank)
     batches = itertools.cycle(_full_batches(trainer, args["batch_size"]))
 

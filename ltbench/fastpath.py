@@ -436,33 +436,39 @@ class FastPath:
     def run_epoch(self, epoch: int, generator: torch.Generator) -> Tuple[Tensor, int]:
         """The epoch's steps (the trainer's ``on_epoch_start`` already ran); returns the summed
         loss (a 0-d tensor) and the number of steps, as the eager loop of ``train_epoch``."""
-        import time
-
         self._pin()
         self.loss_sum.zero_()
         steps = 0
         for batch in self.trainer.epoch_batches(epoch):
-            # A loss without a mask is not padded: its last batch keeps its shape.
-            inputs, mask = pad_inputs(tuple(self.trainer.step_inputs(batch, epoch, generator)), self.kinds,
-                                      self.batch_size if self.pad else None)
-            self._set_masks(inputs, mask)
-            key = (tuple(isinstance(getattr(f, "class_weight", None), Tensor) for f in self.loss_fns),
-                   *(tuple(t.shape) for t in inputs))
-            first = self.mode == "graph" and key not in self._seen_shapes
-            if first and self.trainer.device.type == "cuda":
-                self._mark_static()
-            t0 = time.perf_counter()
-            with _compile_config():
-                self._fn(mask if self.pad else None, *inputs)
-            if first:
-                if self.trainer.device.type == "cuda":
-                    torch.cuda.synchronize(self.trainer.device)
-                self.compile_seconds += time.perf_counter() - t0
-                self._seen_shapes.add(key)
-                self.graphs += 1
+            self.step(batch, epoch, generator)
             steps += 1
         self._reset_masks()
         return self.loss_sum.clone(), steps
+
+    def step(self, batch: Any, epoch: int, generator: Any) -> None:
+        """One training step on ``batch`` (one item of the trainer's ``epoch_batches``), its
+        loss added to the epoch's sum. :meth:`run_epoch` calls it per batch after :meth:`_pin`;
+        ``benchmarks/throughput.py`` calls it to time the fast path's step alone."""
+        import time
+
+        # A loss without a mask is not padded: its last batch keeps its shape.
+        inputs, mask = pad_inputs(tuple(self.trainer.step_inputs(batch, epoch, generator)), self.kinds,
+                                  self.batch_size if self.pad else None)
+        self._set_masks(inputs, mask)
+        key = (tuple(isinstance(getattr(f, "class_weight", None), Tensor) for f in self.loss_fns),
+               *(tuple(t.shape) for t in inputs))
+        first = self.mode == "graph" and key not in self._seen_shapes
+        if first and self.trainer.device.type == "cuda":
+            self._mark_static()
+        t0 = time.perf_counter()
+        with _compile_config():
+            self._fn(mask if self.pad else None, *inputs)
+        if first:
+            if self.trainer.device.type == "cuda":
+                torch.cuda.synchronize(self.trainer.device)
+            self.compile_seconds += time.perf_counter() - t0
+            self._seen_shapes.add(key)
+            self.graphs += 1
 
     def _set_masks(self, inputs: Sequence[Tensor], mask: Tensor) -> None:
         # The masked BatchNorm's masks by batch size: the inputs of kind "mask" (OHEM's kept
