@@ -110,6 +110,8 @@ def test_jpeg_table_measures_the_added_distortion_and_the_change_from_ce():
     t = nb01.jpeg_table(df, test_per_class=5)
     assert list(t["data"]) == ["as loaded", "re-encoded at q50", "re-encoded at q25"]  # highest quality first
     assert list(t["top1 last"]) == [61.0, 59.5, 57.0] and list(t["seeds"]) == [2, 1, 1]
+    # CE's spread over its two seeds (60, 62: sample std sqrt(2)); none from one run.
+    assert t["seed std"].iloc[0] == pytest.approx(2 ** 0.5) and t["seed std"].iloc[1:].isna().all()
     assert t["change"].tolist()[1:] == [-1.5, -4.0]
     test = load_split("synthetic", False)
     keep = torch.cat([(test.targets == c).nonzero().flatten()[:5] for c in range(10)]).sort().values
@@ -118,10 +120,11 @@ def test_jpeg_table_measures_the_added_distortion_and_the_change_from_ce():
     assert nb01.jpeg_table(df[df["method"] == "CE"]).empty  # no check ran: no rows
 
 
-def _table(points, ds="cifar10", ir=100):
+def _table(points, ds="cifar10", ir=100, std=None, seeds=1):
     rows = [{"dataset": ds, "IR": ir, "data": "as loaded" if q is None else f"re-encoded at q{q}", "quality": q,
-             "PSNR vs loaded (dB)": db, "added MSE": m, "seeds": 1, "top1 last": top,
+             "PSNR vs loaded (dB)": db, "added MSE": m, "seeds": 1, "top1 last": top, "seed std": None,
              "change": None, "many": None, "medium": None} for q, db, m, top in points]
+    rows[0].update({"seed std": std, "seeds": seeds})
     for r in rows[1:]:
         r["change"] = None if r["top1 last"] is None else r["top1 last"] - rows[0]["top1 last"]
     return pd.DataFrame(rows)
@@ -138,11 +141,20 @@ def test_jpeg_slope_and_findings_in_closed_form():
     assert "Accuracy moves -1.00 points per 10 levels² of added MSE (least squares over 3 runs)." in line
     assert f"would cost about {0.1 * copy_mse:.1f} points" in line and "linear extrapolation" in line
     assert line.endswith("against CE's gap of 6.36 points to the published 70.36 at this run's length.")
+    assert "With one run of CE on the data as loaded, the seed spread that would tell a change from noise is not " \
+           "measured yet." in line
     # One quality pending: the line says what ran; no slope from a single point of the check and CE.
     part = _table([(None, None, 0.0, 64.0), (50, 33.0, 20.0, None), (25, 30.0, 40.0, 60.0)])
     assert nb01.jpeg_slope(part) == pytest.approx(-0.1)
     only_ce = _table([(None, None, 0.0, 64.0), (50, 33.0, 20.0, None)])
     assert nb01.jpeg_slope(only_ce) is None and nb01.jpeg_findings(only_ce) == []
+    # CE with three seeds, std 1.5: -2.00 is within twice that, -4.00 is not.
+    (noisy,) = nb01.jpeg_findings(_table([(None, None, 0.0, 64.0), (50, 33.0, 20.0, 62.0), (25, 30.0, 40.0, 60.0)],
+                                         std=1.5, seeds=3))
+    assert ("-4.00. CE on the data as loaded spreads 1.50 points (standard deviation over 3 seeds): q50 changed top-1 "
+            "by at most twice that, within the seed noise; q25 by more than twice that. Accuracy moves") in noisy
+    (beyond,) = nb01.jpeg_findings(_table([(None, None, 0.0, 64.0), (25, 30.0, 40.0, 60.0)], std=0.5, seeds=3))
+    assert "over 3 seeds): q25 by more than twice that." in beyond and "within the seed noise" not in beyond
     # Accuracy that does not fall: no extrapolation of a cost, the copy is not the explanation.
     (flat,) = nb01.jpeg_findings(_table([(None, None, 0.0, 64.0), (50, 33.0, 20.0, 64.3), (25, 30.0, 40.0, 64.4)]))
     assert "does not explain CE's gap" in flat and "would cost" not in flat

@@ -9,7 +9,7 @@ distortion (docs/methods.md §1.4).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,17 +132,23 @@ def jpeg_table(df: "Any", data_root: Optional[str] = None, test_per_class: Optio
     """Per (dataset, IR) of ``df`` (``results_frame``) with data-copy runs: CE on the data as loaded,
     then on the data re-encoded at each quality (highest first), with the test split's PSNR and
     MSE against the data as loaded (``data_root``, ``test_per_class`` as the runs'), the seed-mean
-    top-1, many and medium accuracy, and the change from CE on the data as loaded."""
+    top-1, its standard deviation over seeds (with two or more), many and medium accuracy, and the
+    change from CE on the data as loaded."""
     import pandas as pd
 
     cols = ["dataset", "IR", "data", "quality", "PSNR vs loaded (dB)", "added MSE", "seeds", "top1 last",
-            "change", "many", "medium"]
+            "seed std", "change", "many", "medium"]
     rows: List[Dict[str, Any]] = []
     if df is None or len(df) == 0:
         return pd.DataFrame(rows, columns=cols)
     labels = {jpeg_label(q): q for q in range(QUALITY_RANGE[1], QUALITY_RANGE[0] - 1, -1)}
     mean = df.groupby(["method", "dataset", "IR"], sort=False).agg(
-        top1=("top1_last", "mean"), many=("many", "mean"), medium=("medium", "mean"), seeds=("seed", "nunique"))
+        top1=("top1_last", "mean"), std=("top1_last", "std"), many=("many", "mean"), medium=("medium", "mean"),
+        seeds=("seed", "nunique"))
+
+    def spread(m: Any) -> Optional[float]:
+        return float(m["std"]) if m["seeds"] >= 2 and is_number(m["std"]) else None
+
     distortion: Dict[Tuple[str, int], Tuple[float, float]] = {}
     for (ds, ir), g in df.groupby(["dataset", "IR"], sort=False):
         have = sorted({labels[m] for m in g["method"] if m in labels}, reverse=True)
@@ -151,7 +157,8 @@ def jpeg_table(df: "Any", data_root: Optional[str] = None, test_per_class: Optio
         base = mean.loc[(BASELINE, ds, ir)] if (BASELINE, ds, ir) in mean.index else None
         rows.append({"dataset": ds, "IR": ir, "data": "as loaded", "quality": None, "PSNR vs loaded (dB)": None,
                      "added MSE": 0.0, "seeds": 0 if base is None else int(base["seeds"]),
-                     "top1 last": None if base is None else float(base["top1"]), "change": None,
+                     "top1 last": None if base is None else float(base["top1"]),
+                     "seed std": None if base is None else spread(base), "change": None,
                      "many": None if base is None else float(base["many"]),
                      "medium": None if base is None else float(base["medium"])})
         for q in have:
@@ -160,7 +167,7 @@ def jpeg_table(df: "Any", data_root: Optional[str] = None, test_per_class: Optio
             db, err = distortion[(ds, q)]
             m = mean.loc[(jpeg_label(q), ds, ir)]
             rows.append({"dataset": ds, "IR": ir, "data": f"re-encoded at q{q}", "quality": q, "PSNR vs loaded (dB)": db,
-                         "added MSE": err, "seeds": int(m["seeds"]), "top1 last": float(m["top1"]),
+                         "added MSE": err, "seeds": int(m["seeds"]), "top1 last": float(m["top1"]), "seed std": spread(m),
                          "change": None if base is None else float(m["top1"]) - float(base["top1"]),
                          "many": float(m["many"]), "medium": float(m["medium"])})
     return pd.DataFrame(rows, columns=cols)
@@ -174,6 +181,26 @@ def jpeg_slope(table: "Any") -> Optional[float]:
     if len(x) < 2 or np.ptp(x) == 0:
         return None
     return float(np.polyfit(x, y, 1)[0])
+
+
+def _noise(base: Mapping[str, Any], checks: Sequence[Mapping[str, Any]]) -> str:
+    """The sentence that tells the check's changes from seed noise: CE's spread over seeds on the
+    data as loaded, and which qualities changed top-1 by more than twice it."""
+    std, n = base.get("seed std"), base.get("seeds")
+    ran = [r for r in checks if is_number(r.get("change"))]
+    if not ran:
+        return ""
+    if not is_number(std) or not is_number(n) or n < 2:
+        return (" With one run of CE on the data as loaded, the seed spread that would tell a change from noise is "
+                "not measured yet.")
+    inside = [f"q{int(r['quality'])}" for r in ran if abs(r["change"]) <= 2 * std]
+    beyond = [f"q{int(r['quality'])}" for r in ran if abs(r["change"]) > 2 * std]
+    text = f" CE on the data as loaded spreads {std:.2f} points (standard deviation over {int(n)} seeds):"
+    if inside:
+        text += f" {', '.join(inside)} changed top-1 by at most twice that, within the seed noise"
+    if beyond:
+        text += ("; " if inside else " ") + f"{', '.join(beyond)} by more than twice that"
+    return text + "."
 
 
 def jpeg_findings(table: "Any") -> List[str]:
@@ -195,9 +222,10 @@ def jpeg_findings(table: "Any") -> List[str]:
             continue
         head = (f"{ds}-IR{float(ir):g}, CE on the data re-encoded once more: as loaded "
                 + (f"{base['top1 last']:.2f}" if is_number(base["top1 last"]) else "pending") + "; " + "; ".join(parts))
+        head += "." + _noise(base, recs[1:])
         slope = jpeg_slope(g)
         if slope is None or not is_number(base["top1 last"]):
-            lines.append(head + ".")
+            lines.append(head)
             continue
         text = (f" Accuracy moves {10 * slope:+.2f} points per 10 levels² of added MSE (least squares over "
                 f"{sum(is_number(v) for v in g['top1 last'])} runs).")
@@ -212,5 +240,5 @@ def jpeg_findings(table: "Any") -> List[str]:
                      "data this project does not have")
             text += (f", against CE's gap of {pub - base['top1 last']:.2f} points to the published {pub:.2f} at this "
                      "run's length." if pub is not None else ".")
-        lines.append(head + "." + text)
+        lines.append(head + text)
     return lines
