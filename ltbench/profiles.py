@@ -177,7 +177,8 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
         # 80 %, BBN's adaptor scale with the length): one seed first, then 3 for tiers 0-1 (harvest).
         "*": {"device": "auto", "seeds": [0]},
         # The data-copy check (docs/methods.md §1.4): CE on the images re-encoded once more, 3 runs of tier 2.
-        "01_long_tailed_cifar": _with(_CPU, jpeg_qualities=list(CPU_JPEG_QUALITIES)),
+        # One run per quality, read against CE's spread over the profile's seeds (--seeds 3).
+        "01_long_tailed_cifar": _with(_CPU, jpeg_qualities=list(CPU_JPEG_QUALITIES), jpeg_seeds=1),
         "02_focal_and_balanced_ce": _with(_CPU, methods=None),
         # CB Table 2's beta = 0.9999 column (its best for IR100) beside the plain losses; the other betas are
         # 12 more runs (4.5 M image-passes) of tier 2, left to `-p 03_class_balanced_loss:methods=None`.

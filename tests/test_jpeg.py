@@ -96,6 +96,15 @@ def test_notebook_01_plans_the_check_as_tier_2_runs_with_their_own_keys():
         nb01.runs(**base, jpeg_qualities=[0])
     with pytest.raises(ValueError, match=r"invalid jpeg_qualities='50': must be a list"):
         nb01.runs(**base, jpeg_qualities="50")
+    # jpeg_seeds=1: the check at the first seed only, CE at both; the seed-0 runs are the same runs (keys).
+    one = nb01.runs(**base, jpeg_qualities=[50, 25], jpeg_seeds=1)
+    assert one[:2] == plain
+    assert [(r.label, r.spec.config["seed"]) for r in one[2:]] == [("CE, JPEG q50", 0), ("CE, JPEG q25", 0)]
+    assert {r.spec.key for r in one[2:]} == {r.spec.key for r in extra if r.spec.config["seed"] == 0}
+    assert nb01.runs(**base, jpeg_qualities=[50], jpeg_seeds=5) == nb01.runs(**base, jpeg_qualities=[50])
+    for bad in (0, 1.0, True, "1"):
+        with pytest.raises(ValueError, match=rf"invalid jpeg_seeds={bad!r}: must be None \(every seed\) or an int >= 1"):
+            nb01.runs(**base, jpeg_qualities=[50], jpeg_seeds=bad)
 
 
 def _frame(rows):

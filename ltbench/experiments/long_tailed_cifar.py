@@ -20,6 +20,7 @@ from ..data.sources import load_split
 from ..engine import TrainResult
 from ..metrics import shot_groups
 from ..published import published
+from ..checks import is_int
 from ..text import is_number, verdict
 from . import PlannedRun, label_runs
 
@@ -44,20 +45,26 @@ def jpeg_label(quality: int) -> str:
 def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Sequence[float] = (100, 50, 10),
          seeds: Sequence[int] = (0,), epochs: int = 200, n_max: Optional[int] = None,
          test_per_class: Optional[int] = None, batch_size: int = 128, eval_every: int = 1,
-         amp_cpu: bool = False, jpeg_qualities: Sequence[int] = ()) -> List[PlannedRun]:
+         amp_cpu: bool = False, jpeg_qualities: Sequence[int] = (),
+         jpeg_seeds: Optional[int] = None) -> List[PlannedRun]:
     """CE at every (dataset, IR, seed): the shared baseline (tier 0); with ``jpeg_qualities``, CE
     on the same images re-encoded once more at each quality (``data_options.jpeg_quality``; tier 2,
-    ``role="jpeg"``), the data-copy check of docs/methods.md §1.4."""
+    ``role="jpeg"``), the data-copy check of docs/methods.md §1.4, at the first ``jpeg_seeds`` of
+    ``seeds`` (None: all). One seed per quality is enough to read the check against CE's spread
+    over all of them (:func:`jpeg_findings`)."""
     if isinstance(jpeg_qualities, (str, bytes)) or not isinstance(jpeg_qualities, Sequence):
         raise ValueError(f"invalid jpeg_qualities={jpeg_qualities!r}: must be a list of JPEG qualities")
     for q in jpeg_qualities:
         check_quality(q, "jpeg_qualities")
+    if jpeg_seeds is not None and (not is_int(jpeg_seeds) or jpeg_seeds < 1):
+        raise ValueError(f"invalid jpeg_seeds={jpeg_seeds!r}: must be None (every seed) or an int >= 1")
     recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
                   amp_cpu=amp_cpu)
     out = label_runs({BASELINE: {"loss": "ce"}}, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE,
                      published_rows={BASELINE: "CE (softmax)"})
     jpeg = {jpeg_label(q): {"loss": "ce", "data_options": {"jpeg_quality": q}} for q in dict.fromkeys(jpeg_qualities)}
-    check = label_runs(jpeg, datasets, imbalance_ratios, seeds, recipe, NOTEBOOK, PAPER, TABLE, role="jpeg")
+    check_seeds = list(seeds) if jpeg_seeds is None else list(seeds)[:jpeg_seeds]
+    check = label_runs(jpeg, datasets, imbalance_ratios, check_seeds, recipe, NOTEBOOK, PAPER, TABLE, role="jpeg")
     return out + [dataclasses.replace(r, tier=2) for r in check]  # CE's loss alone would make them tier 0
 
 
