@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..checks import is_positive_int
 from ..data import _first_per_class  # the test subset build_long_tailed keeps
 from ..data.counts import long_tailed_counts
 from ..data.jpeg import QUALITY_RANGE, check_quality, mse, psnr, recompress
@@ -20,7 +21,6 @@ from ..data.sources import load_split
 from ..engine import TrainResult
 from ..metrics import shot_groups
 from ..published import published
-from ..checks import is_int
 from ..text import is_number, verdict
 from . import PlannedRun, label_runs
 
@@ -56,7 +56,7 @@ def runs(datasets: Sequence[str] = ("cifar10", "cifar100"), imbalance_ratios: Se
         raise ValueError(f"invalid jpeg_qualities={jpeg_qualities!r}: must be a list of JPEG qualities")
     for q in jpeg_qualities:
         check_quality(q, "jpeg_qualities")
-    if jpeg_seeds is not None and (not is_int(jpeg_seeds) or jpeg_seeds < 1):
+    if jpeg_seeds is not None and not is_positive_int(jpeg_seeds):
         raise ValueError(f"invalid jpeg_seeds={jpeg_seeds!r}: must be None (every seed) or an int >= 1")
     recipe = dict(epochs=epochs, n_max=n_max, test_per_class=test_per_class, batch_size=batch_size, eval_every=eval_every,
                   amp_cpu=amp_cpu)
